@@ -1,0 +1,166 @@
+"""The search space, declared once.
+
+An ordered tuple of small parameter records with stable dotted names. Optuna's define-by-run
+sampling (`sample`), the distributions, the printed description, membership (`contains`) and
+`decode(params) -> ArchSpec` all derive from that one declaration. Parameter names are a storage
+format: renaming one breaks resumed studies. Torch is not imported here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .spec import (CORES, DECODERS, DOWNSAMPLERS, KERNELS, NUM_STAGES, RATIOS, TVCONV_DEPTHS, ArchSpec,
+                   DecoderSpec, InputSpec, SpecError, StageSpec)
+
+# Named dilation schedules, cycled over a stage's blocks.
+DILATION_SCHEDULES: dict[str, tuple[int, ...]] = {
+    "none": (1,),
+    "erfnet": (2, 4, 8, 16),  # ERFNet's stage-3 pattern
+    "lednet": (1, 2, 5, 9, 17),  # LEDNet's stage-3 pattern
+}
+STAGE_WIDTHS = ((8, 16, 24, 32), (32, 48, 64, 96), (64, 96, 128, 160))
+STAGE_DEPTHS = ((0, 3), (0, 6), (1, 8))
+DROPOUTS = (0.0, 0.03, 0.1, 0.3)
+EDA_GROWTHS = (8, 16, 24, 40)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical parameter, active only when `when` = (other parameter, allowed values) holds."""
+
+    name: str
+    choices: tuple
+    when: tuple[str, tuple] | None = None
+
+    def active(self, params: Mapping[str, Any]) -> bool:
+        return self.when is None or params.get(self.when[0]) in self.when[1]
+
+    def suggest(self, trial: Any) -> Any:
+        return trial.suggest_categorical(self.name, self.choices)
+
+    def distribution(self) -> Any:
+        from optuna.distributions import CategoricalDistribution
+        return CategoricalDistribution(self.choices)
+
+    def contains(self, value: Any) -> bool:
+        return value in self.choices
+
+    def describe(self) -> str:
+        return "{" + ", ".join(map(str, self.choices)) + "}"
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer parameter in [low, high] (ordered, so samplers can exploit neighbourhoods)."""
+
+    name: str
+    low: int
+    high: int
+    when: tuple[str, tuple] | None = None
+
+    active = Choice.active
+
+    def suggest(self, trial: Any) -> int:
+        return trial.suggest_int(self.name, self.low, self.high)
+
+    def distribution(self) -> Any:
+        from optuna.distributions import IntDistribution
+        return IntDistribution(self.low, self.high)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"[{self.low}, {self.high}]"
+
+
+def _declare() -> tuple[Choice | IntRange, ...]:
+    params: list[Choice | IntRange] = [
+        Choice("ratio", RATIOS),
+        Choice("downsampler", DOWNSAMPLERS),
+        Choice("tvconv_from", TVCONV_DEPTHS),
+    ]
+    for i in range(NUM_STAGES):
+        s = f"stage{i + 1}"
+        params += [
+            Choice(f"{s}.width", STAGE_WIDTHS[i]),
+            IntRange(f"{s}.depth", *STAGE_DEPTHS[i]),
+            Choice(f"{s}.core", CORES),
+            Choice(f"{s}.kernel", KERNELS),
+            Choice(f"{s}.dilations", tuple(DILATION_SCHEDULES)),
+            Choice(f"{s}.dropout", DROPOUTS),
+            Choice(f"{s}.growth", EDA_GROWTHS, when=(f"{s}.core", ("eda",))),
+        ]
+    params += [
+        Choice("decoder.kind", DECODERS),
+        Choice("decoder.bilinear_width", (0, 32, 64), when=("decoder.kind", ("bilinear",))),
+        Choice("decoder.erfnet_blocks", (1, 2), when=("decoder.kind", ("erfnet",))),
+        Choice("decoder.apn_width", (1, 4), when=("decoder.kind", ("apn",))),
+        Choice("decoder.dupsample_width", (32, 64, 128), when=("decoder.kind", ("dupsample",))),
+    ]
+    return tuple(params)
+
+
+PARAMS = _declare()
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The space for one study: the declared parameters plus the study's fixed input."""
+
+    input: InputSpec
+    params: tuple[Choice | IntRange, ...] = PARAMS
+
+    def sample(self, trial: Any) -> ArchSpec:
+        """Define-by-run sampling on an Optuna trial (or FixedTrial); returns a valid spec."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(values):
+                values[p.name] = p.suggest(trial)
+        return self.decode(values)
+
+    def active_params(self, values: Mapping[str, Any]) -> list[Choice | IntRange]:
+        out, seen = [], {}
+        for p in self.params:
+            if p.active(seen):
+                out.append(p)
+                seen[p.name] = values.get(p.name)
+        return out
+
+    def contains(self, values: Mapping[str, Any]) -> bool:
+        """True iff `values` sets exactly the active parameters, each to an allowed value."""
+        active = self.active_params(values)
+        return {p.name for p in active} == set(values) and all(p.contains(values[p.name]) for p in active)
+
+    def distributions(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {p.name: p.distribution() for p in self.active_params(values)}
+
+    def decode(self, values: Mapping[str, Any]) -> ArchSpec:
+        if not self.contains(values):
+            bad = sorted(set(values) ^ {p.name for p in self.active_params(values)})
+            bad += [p.name for p in self.active_params(values) if p.name in values and not p.contains(values[p.name])]
+            raise SpecError("params", bad, "exactly the active parameters of the space, with allowed values")
+        stages = tuple(
+            StageSpec(
+                width=values[f"stage{i}.width"], depth=values[f"stage{i}.depth"], core=values[f"stage{i}.core"],
+                kernel=values[f"stage{i}.kernel"], dilations=DILATION_SCHEDULES[values[f"stage{i}.dilations"]],
+                dropout=float(values[f"stage{i}.dropout"]), growth=values.get(f"stage{i}.growth", 0),
+            )
+            for i in range(1, NUM_STAGES + 1)
+        )
+        kind = values["decoder.kind"]
+        width = {"bilinear": "decoder.bilinear_width", "apn": "decoder.apn_width",
+                 "dupsample": "decoder.dupsample_width"}.get(kind)
+        decoder = DecoderSpec(kind=kind, width=values[width] if width else 0,
+                              blocks=values.get("decoder.erfnet_blocks", 2))
+        return ArchSpec(input=self.input, stages=stages, decoder=decoder, ratio=values["ratio"],
+                        downsampler=values["downsampler"], tvconv_from=values["tvconv_from"])
+
+    def describe(self) -> str:
+        """A printable table of the space."""
+        rows = [f"{'parameter':28s} {'values':40s} when"]
+        for p in self.params:
+            cond = f"{p.when[0]} in {list(p.when[1])}" if p.when else ""
+            rows.append(f"{p.name:28s} {p.describe():40s} {cond}")
+        return "\n".join(rows)

@@ -1,0 +1,19 @@
+"""Small spec builders shared by the tests."""
+from search_spaces import ArchSpec, DecoderSpec, InputSpec, StageSpec
+
+DECODER_WIDTH = {"bilinear": 16, "erfnet": 0, "apn": 1, "dupsample": 32}
+
+
+def tiny_spec(core="nb1d", decoder="bilinear", downsampler="erfnet", ratio=1, tvconv_from=0,
+              height=32, width=32, num_classes=3, kernel=3, dilations=(1, 2)) -> ArchSpec:
+    """A small network exercising one value of every axis (fast enough to build by the hundred)."""
+    growth = 4 if core == "eda" else 0
+    stages = tuple(
+        StageSpec(width=w, depth=d, core=core, kernel=kernel, dilations=dilations, dropout=0.1, growth=growth)
+        for w, d in ((8, 1), (12, 1), (16, 2))
+    )
+    return ArchSpec(
+        input=InputSpec(height=height, width=width, in_channels=3, num_classes=num_classes),
+        stages=stages, decoder=DecoderSpec(kind=decoder, width=DECODER_WIDTH[decoder]),
+        ratio=ratio, downsampler=downsampler, tvconv_from=tvconv_from,
+    )
