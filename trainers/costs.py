@@ -1,0 +1,206 @@
+"""Cost measurement, the one module everything uses: GMACs, parameters, latency, peak memory.
+
+Conventions (stated wherever a figure is shown):
+- GMACs: fvcore's count, one multiply-add = one, batch 1, eval mode, at the spec's input size.
+  Convolutions (incl. transposed, grouped, dilated), BatchNorm, bilinear upsampling, pooling and
+  TVConv's per-pixel multiply-adds (an einsum) are counted; elementwise add/mul/div/ReLU, channel
+  shuffle, pixel (un)shuffle, unfold (im2col) and max-pool are deliberately zero (data movement or
+  negligible elementwise work, as in fvcore's own convention). TVConv is counted with its cached
+  kernels: its weight generator does not run at inference.
+- params: trainable parameters; params_deployed: what inference needs (TVConv's cached per-pixel
+  kernels instead of its generator and affinity maps, plus DUpsampling's fixed matrix).
+- latency_ms: batch 1, eval, inference mode, after warm-up, median of N timed runs with the IQR;
+  CUDA timed with events after synchronisation, CPU at a fixed thread count.
+- peak_mem_mb: peak activation memory of one batch-1 inference, weights excluded. CUDA: the
+  allocator's peak minus what was allocated before the call. CPU: the peak of the running sum of
+  the profiler's allocation/free events during the call (repeatable to the byte).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from search_spaces import ArchSpec, build_model
+from search_spaces.blocks import TVConv
+from search_spaces.blocks.dupsample import DUpsamplingDecoder
+
+# Ops that cost no multiply-adds by this project's convention (see the module docstring).
+ZERO_COST_OPS = (
+    "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::relu",
+    "aten::relu_", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::im2col", "aten::max_pool2d",
+    "aten::exp", "aten::transpose", "aten::reshape", "aten::view", "aten::feature_dropout",
+)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    iqr_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Costs:
+    params: int
+    params_deployed: int
+    gmacs: float
+    latency_ms: float
+    latency_iqr_ms: float
+    peak_mem_mb: float
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def warm_caches(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> None:
+    """Run one eval forward so TVConv kernels are cached before anything is counted or timed."""
+    model.eval()
+    with torch.inference_mode():
+        model(example_input(spec, device))
+
+
+def example_input(spec: ArchSpec, device: str = "cpu", batch: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, spec.input.in_channels, spec.input.height, spec.input.width, generator=g)
+    return x.to(device)
+
+
+def flop_analysis(model: nn.Module, spec: ArchSpec):
+    """fvcore's FlopCountAnalysis of one batch-1 eval forward, with this project's op handles."""
+    from fvcore.nn import FlopCountAnalysis
+
+    warm_caches(model, spec)
+    analysis = FlopCountAnalysis(model, example_input(spec))
+    analysis.set_op_handle(**{op: None for op in ZERO_COST_OPS})
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return analysis
+
+
+def count_gmacs(model: nn.Module, spec: ArchSpec) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return flop_analysis(model, spec).total() / 1e9
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_deployed_params(model: nn.Module) -> int:
+    total = count_params(model)
+    for m in model.modules():
+        if isinstance(m, TVConv):
+            total += m.channels * m.kernel**2 * m.size[0] * m.size[1] - count_params(m)
+        elif isinstance(m, DUpsamplingDecoder):
+            total += m.basis.numel() + m.mean.numel()
+    return total
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
+                    runs: int = 50, threads: int = 1) -> LatencyStats:
+    """Batch-1 eval latency: median and spread of `runs` timed forwards after `warmup`."""
+    model = model.to(device).eval()
+    x = example_input(spec, device)
+    times: list[float] = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+            for _ in range(runs):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(runs):
+                t0 = time.perf_counter_ns()
+                model(x)
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+    q = statistics.quantiles(times, n=20)  # 5 % steps: q[1] = p10, q[4] = p25, q[14] = p75, q[17] = p90
+    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], runs, device, threads)
+
+
+def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> float:
+    """Peak activation memory (MB = 2^20 bytes) of one batch-1 inference, weights excluded."""
+    model = model.to(device).eval()
+    warm_caches(model, spec, device)
+    x = example_input(spec, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            model(x)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return _cpu_peak_bytes(model, x) / 2**20
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler back-end's C++ start/stop lines (they bypass Python's logging)."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _cpu_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.inference_mode():
+        model(x)
+    # Memory events carry signed byte counts (+alloc, -free); their running sum in time order is the
+    # live activation memory, since the weights were allocated before profiling began.
+    events = sorted(
+        ((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.nbytes() != 0),
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: int = 10,
+                  threads: int = 1, model: nn.Module | None = None) -> Costs:
+    """Every cost of `spec` at its input size; builds the model unless one is given."""
+    model = build_model(spec) if model is None else model
+    model.eval()
+    gmacs = count_gmacs(model, spec)
+    lat = measure_latency(model, spec, device, warmup, runs, threads)
+    mem = measure_peak_memory_mb(model, spec, device)
+    return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)

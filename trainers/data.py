@@ -1,0 +1,224 @@
+"""Datasets behind one `--data` argument: the embedded street scenes, a folder layout, Cityscapes.
+
+Every source is validated before any training starts, then loaded into memory at the study's input
+size (images bilinear, masks nearest), so a search never touches the disk again. Training-time
+augmentation (random scale, crop, flip) is applied per batch from a seeded generator.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from . import streets
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle")
+EMBEDDED = "streets"
+
+
+class DataError(ValueError):
+    """A dataset is missing, empty or inconsistent; the message names the file and the value."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    class_names: tuple[str, ...]
+    in_channels: int = 3
+    ignore_index: int = 255
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in memory: uint8 images (N, C, H, W) and uint8 masks (N, H, W)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class SegData:
+    info: DatasetInfo
+    train: Split
+    val: Split
+
+
+def load_data(source: str | None, height: int, width: int, seed: int = 0,
+              n_train: int = streets.StreetConfig.n_train, n_val: int = streets.StreetConfig.n_val) -> SegData:
+    """The dataset named by `--data`: None or 'streets' for the embedded set, else a folder path."""
+    if source in (None, "", EMBEDDED):
+        return load_streets(streets.StreetConfig(height, width, n_train, n_val, seed))
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"--data {source!r}: no such folder (give a dataset folder or {EMBEDDED!r})")
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return load_cityscapes(root, height, width)
+    return load_folder(root, height, width)
+
+
+# --- the embedded street scenes ----------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LIGHTSEG_CACHE", Path.home() / ".cache" / "lightseg-nas"))
+
+
+def load_streets(cfg: streets.StreetConfig) -> SegData:
+    """Generate (or read back from the cache) the embedded set; identical for identical configs."""
+    key = hashlib.sha1(repr((streets.__doc__, streets._LOOK, cfg)).encode()).hexdigest()[:12]
+    path = _cache_dir() / f"streets-{cfg.height}x{cfg.width}-{key}.npz"
+    if path.exists():
+        arrays = dict(np.load(path))
+    else:
+        ti, tm = streets.generate_split(cfg.n_train, cfg.height, cfg.width, cfg.seed)
+        vi, vm = streets.generate_split(cfg.n_val, cfg.height, cfg.width, cfg.seed + 10_000)
+        arrays = dict(ti=ti, tm=tm, vi=vi, vm=vm)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: concurrent trials never read half a file
+    info = DatasetInfo(EMBEDDED, streets.CLASS_NAMES, 3, 255, streets.PALETTE)
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return SegData(info, Split(t["ti"], t["tm"]), Split(t["vi"], t["vm"]))
+
+
+# --- users' folders --------------------------------------------------------------------------
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for bad files
+        raise DataError(f"{path}: unreadable image ({exc})") from None
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable mask ({exc})") from None
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask has shape {arr.shape}; expected one channel of class ids")
+    return arr
+
+
+def _pairs(image_dir: Path, mask_dir: Path, image_stem, mask_name) -> list[tuple[Path, Path]]:
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: missing folder")
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: empty split (no {'/'.join(IMAGE_SUFFIXES)} images)")
+    pairs = []
+    for img in images:
+        mask = mask_dir / img.parent.relative_to(image_dir) / mask_name(image_stem(img))
+        if not mask.is_file():
+            raise DataError(f"{img}: no mask (expected {mask})")
+        pairs.append((img, mask))
+    return pairs
+
+
+def _load_split(pairs: list[tuple[Path, Path]], info: DatasetInfo, height: int, width: int) -> Split:
+    images, masks = [], []
+    for img_path, mask_path in pairs:
+        img, mask = _read_image(img_path), _read_mask(mask_path)
+        if img.shape[:2] != mask.shape:
+            raise DataError(f"{mask_path}: mask size {mask.shape} differs from image size {img.shape[:2]}")
+        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(info.num_classes), info.ignore_index])
+        if bad.size:
+            raise DataError(f"{mask_path}: mask id {int(bad[0])} is not a class id (0..{info.num_classes - 1}) "
+                            f"nor the ignore index {info.ignore_index}")
+        images.append(_resize_image(torch.from_numpy(img).permute(2, 0, 1), height, width))
+        masks.append(_resize_mask(torch.from_numpy(mask.astype(np.int64)), height, width, info.ignore_index))
+    return Split(torch.stack(images), torch.stack(masks))
+
+
+def _resize_image(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    out = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _resize_mask(mask: torch.Tensor, h: int, w: int, ignore: int) -> torch.Tensor:
+    out = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    return torch.where(out == ignore, 255, out).to(torch.uint8)
+
+
+def read_classes(path: Path) -> DatasetInfo:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (a YAML file with `names: [...]`, optional ignore_index and palette)")
+    try:
+        meta = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("names"), list) or len(meta["names"]) < 2:
+        raise DataError(f"{path}: `names` must be a list of at least 2 class names")
+    ignore = meta.get("ignore_index", 255)
+    if not isinstance(ignore, int) or not 0 <= ignore <= 255:
+        raise DataError(f"{path}: ignore_index {ignore!r} must be an integer in [0, 255]")
+    palette = meta.get("palette")
+    return DatasetInfo(path.parent.name, tuple(map(str, meta["names"])), 3, ignore,
+                       tuple(tuple(c) for c in palette) if palette else None)
+
+
+def load_folder(root: Path, height: int, width: int) -> SegData:
+    """images/{train,val}/*.png|jpg with masks/{train,val}/<same stem>.png and classes.yaml."""
+    info = read_classes(root / "classes.yaml")
+    splits = {}
+    for split in ("train", "val"):
+        pairs = _pairs(root / "images" / split, root / "masks" / split, lambda p: p.stem, lambda s: s + ".png")
+        splits[split] = _load_split(pairs, info, height, width)
+    return SegData(info, splits["train"], splits["val"])
+
+
+def load_cityscapes(root: Path, height: int, width: int) -> SegData:
+    """leftImg8bit/{train,val}/<city>/*_leftImg8bit.png with gtFine/..._gtFine_labelTrainIds.png."""
+    info = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, 3, 255)
+    splits = {}
+    for split in ("train", "val"):
+        pairs = _pairs(root / "leftImg8bit" / split, root / "gtFine" / split,
+                       lambda p: p.name.replace("_leftImg8bit.png", ""), lambda s: s + "_gtFine_labelTrainIds.png")
+        splits[split] = _load_split(pairs, info, height, width)
+    return SegData(info, splits["train"], splits["val"])
+
+
+# --- batches ---------------------------------------------------------------------------------
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator,
+            scale: tuple[float, float] = (1.0, 1.5)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random zoom-in (scale >= 1), crop back to size and horizontal flip, per sample."""
+    n, _, h, w = images.shape
+    out_i, out_m = torch.empty_like(images), torch.empty_like(masks)
+    for k in range(n):
+        s = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=gen).item()
+        sh, sw = max(h, round(h * s)), max(w, round(w * s))
+        img = F.interpolate(images[k:k + 1], size=(sh, sw), mode="bilinear", align_corners=False)
+        msk = F.interpolate(masks[k:k + 1, None].float(), size=(sh, sw), mode="nearest")[:, 0]
+        y0 = int(torch.randint(0, sh - h + 1, (), generator=gen))
+        x0 = int(torch.randint(0, sw - w + 1, (), generator=gen))
+        img, msk = img[..., y0:y0 + h, x0:x0 + w], msk[..., y0:y0 + h, x0:x0 + w]
+        if torch.rand((), generator=gen) < 0.5:
+            img, msk = img.flip(-1), msk.flip(-1)
+        out_i[k], out_m[k] = img[0], msk[0].to(masks.dtype)
+    return out_i, out_m

@@ -1,0 +1,183 @@
+"""Training: `fit(spec, data, config)` trains one network and reports validation mIoU per epoch."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import ArchSpec, build_model
+from search_spaces.blocks.dupsample import DUpsamplingDecoder
+
+from .data import SegData, Split, augment, to_float
+from .metrics import SegMetrics, confusion_matrix
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial failed, with the epoch and step in the message."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # or "cosine"
+    augment: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None  # CPU threads for this training; None keeps torch's setting
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("poly", "cosine"):
+            raise ValueError(f"schedule: {self.schedule!r} is not allowed; one of ['poly', 'cosine']")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs {self.epochs} and batch_size {self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    loss: float
+    miou: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    metrics: SegMetrics
+    history: list[EpochRecord] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    stopped_early: bool = False
+    peak_train_mem_mb: float | None = None
+
+    @property
+    def miou(self) -> float:
+        return self.metrics.miou
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    progress = step / max(1, total)
+    if schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, num_classes: int, ignore_index: int = 255,
+             batch_size: int = 32, device: str = "cpu") -> SegMetrics:
+    """Validation metrics at full label resolution."""
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    with torch.inference_mode():
+        for i in range(0, len(split), batch_size):
+            x = to_float(split.images[i:i + batch_size]).to(device)
+            pred = model(x).argmax(1).cpu()
+            cm += confusion_matrix(pred, split.masks[i:i + batch_size], num_classes, ignore_index)
+    return SegMetrics.from_confusion(cm)
+
+
+def prepare_model(spec: ArchSpec, data: SegData, seed: int) -> nn.Module:
+    """Seeded initialisation; DUpsampling's W fitted on this data's training labels."""
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    if isinstance(model.decoder, DUpsamplingDecoder):
+        model.decoder.fit(data.train.masks, ignore_index=data.info.ignore_index, seed=seed)
+    return model
+
+
+def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
+        on_epoch: Callable[[EpochRecord], bool | None] | None = None, model: nn.Module | None = None) -> FitResult:
+    """Train `spec` on `data.train`, evaluating on `data.val` after every epoch.
+
+    `on_epoch` sees each epoch's record; returning False stops training (early stopping).
+    """
+    _check_compatible(spec, data)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device, info = config.device, data.info
+    model = (model or prepare_model(spec, data, config.seed)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    total, step = steps_per_epoch * config.epochs, 0
+    use_amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if use_amp:
+        torch.cuda.reset_peak_memory_stats(device)
+    result = FitResult(metrics=SegMetrics(float("nan"), float("nan"), ()))
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(data.train), generator=gen)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            x, y = to_float(data.train.images[idx]), data.train.masks[idx]
+            if config.augment:
+                x, y = augment(x, y, gen)
+            x, y = x.to(device), y.long().to(device)
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(config.schedule, step, total)
+            with torch.autocast("cuda", enabled=use_amp):
+                loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {b} ({spec.tag()})")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+            step += 1
+        t1 = time.perf_counter()
+        result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
+        t2 = time.perf_counter()
+        result.train_seconds += t1 - t0
+        result.eval_seconds += t2 - t1
+        record = EpochRecord(epoch, sum(losses) / max(1, len(losses)), result.metrics.miou, t2 - t0)
+        result.history.append(record)
+        if on_epoch is not None and on_epoch(record) is False:
+            result.stopped_early = epoch < config.epochs
+            break
+    if use_amp:
+        result.peak_train_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    model.eval()
+    result.model = model  # type: ignore[attr-defined]
+    return result
+
+
+def _check_compatible(spec: ArchSpec, data: SegData) -> None:
+    inp, info = spec.input, data.info
+    h, w = data.train.images.shape[-2:]
+    if (inp.height, inp.width) != (h, w):
+        raise ValueError(f"spec input {inp.height}x{inp.width} differs from the data's {h}x{w}")
+    if inp.num_classes != info.num_classes or inp.in_channels != info.in_channels:
+        raise ValueError(f"spec has {inp.num_classes} classes / {inp.in_channels} channels; "
+                         f"data {info.name!r} has {info.num_classes} / {info.in_channels}")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ArchSpec, metrics: SegMetrics | None = None) -> None:
+    """Weights plus the spec that rebuilds them (as plain data, no pickled classes)."""
+    payload = {"spec": spec.to_dict(), "state_dict": model.state_dict(),
+               "metrics": asdict(metrics) if metrics else None}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[ArchSpec, nn.Module]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ArchSpec.from_dict(payload["spec"])
+    model = build_model(spec)
+    model.load_state_dict(payload["state_dict"])
+    return spec, model.eval()
