@@ -77,6 +77,24 @@ def example_input(spec: ArchSpec, device: str = "cpu", batch: int = 1) -> torch.
     return x.to(device)
 
 
+def einsum_macs(inputs: list, outputs: list) -> int:
+    """Exact multiply-adds of a two-operand einsum: the size of its full index space.
+
+    (fvcore's own handle reads a rounded figure off numpy's einsum_path printout.)
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    equation = inputs[0].toIValue().replace(" ", "")
+    operands = inputs[1].node().inputs()
+    sizes: dict[str, int] = {}
+    for letters, tensor in zip(equation.split("->")[0].split(","), operands):
+        sizes.update(zip(letters, get_shape(tensor)))
+    total = 1
+    for n in sizes.values():
+        total *= n
+    return total
+
+
 def flop_analysis(model: nn.Module, spec: ArchSpec):
     """fvcore's FlopCountAnalysis of one batch-1 eval forward, with this project's op handles."""
     from fvcore.nn import FlopCountAnalysis
@@ -84,6 +102,7 @@ def flop_analysis(model: nn.Module, spec: ArchSpec):
     warm_caches(model, spec)
     analysis = FlopCountAnalysis(model, example_input(spec))
     analysis.set_op_handle(**{op: None for op in ZERO_COST_OPS})
+    analysis.set_op_handle("aten::einsum", einsum_macs)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return analysis
 

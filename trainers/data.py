@@ -103,7 +103,7 @@ def _read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except Exception as exc:  # PIL raises many types for bad files
         raise DataError(f"{path}: unreadable image ({exc})") from None
 
@@ -113,7 +113,7 @@ def _read_mask(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im)
+            arr = np.array(im)
     except Exception as exc:
         raise DataError(f"{path}: unreadable mask ({exc})") from None
     if arr.ndim != 2:

@@ -49,10 +49,12 @@ _LOOK = {
 
 @dataclass(frozen=True)
 class StreetConfig:
-    height: int = 64
-    width: int = 128
-    n_train: int = 320
-    n_val: int = 80
+    # Small by design: one trial (train + eval + measure) takes seconds on one CPU core, so
+    # `--budget 100` fits in minutes. Any size that divides by 32 works (`--size`).
+    height: int = 32
+    width: int = 64
+    n_train: int = 256
+    n_val: int = 64
     seed: int = 0
 
 

@@ -1,0 +1,100 @@
+"""Data sources: the embedded set is deterministic; users' folders are validated before use."""
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from trainers.data import DataError, augment, load_data
+from trainers.streets import CLASS_NAMES, generate_split
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTSEG_CACHE", str(tmp_path / "cache"))
+
+
+def test_embedded_set_is_identical_for_a_seed_and_cached():
+    a = load_data(None, 32, 64, seed=3, n_train=12, n_val=4)
+    b = load_data("streets", 32, 64, seed=3, n_train=12, n_val=4)  # read back from the cache
+    c = load_data(None, 32, 64, seed=4, n_train=12, n_val=4)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.masks, b.val.masks)
+    assert not torch.equal(a.train.images, c.train.images)
+    assert a.train.images.shape == (12, 3, 32, 64) and a.val.masks.shape == (4, 32, 64)
+    assert a.info.num_classes == len(CLASS_NAMES) == 8
+
+
+def test_embedded_scenes_have_their_layout_and_every_class():
+    _, labels = generate_split(40, 64, 128, seed=0)
+    counts = np.bincount(labels.ravel(), minlength=8)
+    assert (counts > 0).all()
+    sky, road = CLASS_NAMES.index("sky"), CLASS_NAMES.index("road")
+    assert (labels[:, :8] == sky).mean() > 0.3 and (labels[:, -8:] == sky).mean() == 0
+    assert (labels[:, -8:] == road).mean() > 0.2
+
+
+def test_road_and_sidewalk_share_a_texture():
+    # context, not colour, must separate them: their mean intensities overlap across images
+    images, labels = generate_split(30, 64, 128, seed=1)
+    gray = images.mean(1)
+    road = [gray[i][labels[i] == 0].mean() for i in range(30) if (labels[i] == 1).any()]
+    walk = [gray[i][labels[i] == 1].mean() for i in range(30) if (labels[i] == 1).any()]
+    assert min(walk) < max(road) and min(road) < max(walk)
+
+
+def test_augment_is_seeded_and_keeps_shapes():
+    x = torch.rand(4, 3, 16, 32)
+    y = torch.randint(0, 3, (4, 16, 32), dtype=torch.uint8)
+    a = augment(x, y, torch.Generator().manual_seed(0))
+    b = augment(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == x.shape and a[1].shape == y.shape
+
+
+def make_folder(root, n=2, mask_value=1, mask_size=(20, 30), names=("a", "b", "c")):
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": list(names)}))
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(np.full(mask_size, mask_value, np.uint8)).save(root / "masks" / split / f"{i}.png")
+    return root
+
+
+def test_folder_layout_loads_and_resizes(tmp_path):
+    data = load_data(str(make_folder(tmp_path)), 16, 32)
+    assert data.info.class_names == ("a", "b", "c")
+    assert data.train.images.shape == (2, 3, 16, 32) and (data.val.masks == 1).all()
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda r: (r / "masks" / "train" / "1.png").unlink(), "no mask"),
+    (lambda r: [p.unlink() for p in (r / "images" / "val").iterdir()], "empty split"),
+    (lambda r: (r / "classes.yaml").unlink(), "classes.yaml: missing"),
+    (lambda r: (r / "images" / "train" / "0.png").write_bytes(b"not a png"), "unreadable image"),
+    (lambda r: Image.fromarray(np.full((10, 30), 1, np.uint8)).save(r / "masks" / "val" / "0.png"), "differs from image size"),
+    (lambda r: Image.fromarray(np.full((20, 30), 7, np.uint8)).save(r / "masks" / "val" / "1.png"), "mask id 7"),
+])
+def test_bad_folders_are_refused_naming_the_file(tmp_path, breakage, message):
+    root = make_folder(tmp_path)
+    breakage(root)
+    with pytest.raises(DataError, match=message):
+        load_data(str(root), 16, 32)
+
+
+def test_missing_folder_and_ignore_index(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        load_data(str(tmp_path / "nope"), 16, 32)
+    data = load_data(str(make_folder(tmp_path, mask_value=255)), 16, 32)
+    assert (data.train.masks == 255).all()
+
+
+def test_cityscapes_layout_is_detected(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "leftImg8bit" / split / "aachen").mkdir(parents=True)
+        (tmp_path / "gtFine" / split / "aachen").mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(tmp_path / "leftImg8bit" / split / "aachen" / "x_000001_leftImg8bit.png")
+        Image.fromarray(np.full((16, 32), 18, np.uint8)).save(tmp_path / "gtFine" / split / "aachen" / "x_000001_gtFine_labelTrainIds.png")
+    data = load_data(str(tmp_path), 16, 32)
+    assert data.info.name == "cityscapes" and data.info.num_classes == 19
