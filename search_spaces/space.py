@@ -7,21 +7,28 @@ format: renaming one breaks resumed studies. Torch is not imported here.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .spec import (CORES, DECODERS, DOWNSAMPLERS, KERNELS, NUM_STAGES, RATIOS, TVCONV_DEPTHS, ArchSpec,
                    DecoderSpec, InputSpec, SpecError, StageSpec)
 
-# Named dilation schedules, cycled over a stage's blocks.
+# Named dilation schedules, cycled over a stage's blocks. The seeds' own schedules are here so that
+# every preset is a point of the space (the search can start from them and recombine them).
 DILATION_SCHEDULES: dict[str, tuple[int, ...]] = {
     "none": (1,),
-    "erfnet": (2, 4, 8, 16),  # ERFNet's stage-3 pattern
-    "lednet": (1, 2, 5, 9, 17),  # LEDNet's stage-3 pattern
+    "d2": (2,),  # ESNet's PFCU stage (branches 2, 5, 9)
+    "erfnet": (2, 4, 8, 16),
+    "lednet": (1, 2, 5, 9, 2, 5, 9, 17),
+    "edanet_mid": (1, 1, 1, 2, 2),
+    "edanet_deep": (2, 2, 4, 4, 8, 8, 16, 16),
 }
-STAGE_WIDTHS = ((8, 16, 24, 32), (32, 48, 64, 96), (64, 96, 128, 160))
+# EDANet's odd widths (15, 60, 130) are included so that it is a point of the space too.
+STAGE_WIDTHS = ((8, 15, 16, 24, 32), (32, 48, 60, 64, 96), (64, 96, 128, 130, 160))
 STAGE_DEPTHS = ((0, 3), (0, 6), (1, 8))
-DROPOUTS = (0.0, 0.03, 0.1, 0.3)
+DROPOUTS = (0.0, 0.02, 0.03, 0.1, 0.3)
+SPLIT_CORES = ("ssnbt", "shufflev2")  # split channels in two: odd widths are rounded up
 EDA_GROWTHS = (8, 16, 24, 40)
 
 
@@ -45,6 +52,31 @@ class Choice:
 
     def contains(self, value: Any) -> bool:
         return value in self.choices
+
+    def encode(self, spec: ArchSpec) -> dict[str, Any]:
+        """The parameters that decode to `spec`; SpecError if it is not a point of the space."""
+        schedules = {v: k for k, v in DILATION_SCHEDULES.items()}
+        values: dict[str, Any] = {"ratio": spec.ratio, "downsampler": spec.downsampler, "tvconv_from": spec.tvconv_from}
+        for i, st in enumerate(spec.stages, 1):
+            if st.dilations not in schedules:
+                raise SpecError(f"stages[{i - 1}].dilations", list(st.dilations), f"one of {list(DILATION_SCHEDULES.values())}")
+            values.update({f"stage{i}.width": st.width, f"stage{i}.depth": st.depth, f"stage{i}.core": st.core,
+                           f"stage{i}.kernel": st.kernel, f"stage{i}.dilations": schedules[st.dilations],
+                           f"stage{i}.dropout": st.dropout})
+            if st.core == "eda":
+                values[f"stage{i}.growth"] = st.growth
+        kind = spec.decoder.kind
+        values["decoder.kind"] = kind
+        if kind == "erfnet":
+            values["decoder.erfnet_blocks"] = spec.decoder.blocks
+        else:
+            values[f"decoder.{kind}_width"] = spec.decoder.width
+        for p in self.active_params(values):
+            if not p.contains(values[p.name]):
+                raise SpecError(p.name, values[p.name], f"a value in {p.describe()} (not a point of the space)")
+        if self.decode(values) != dataclasses.replace(spec, name=""):
+            raise SpecError("spec", spec.tag(), "a spec that the space can represent exactly")
+        return values
 
     def describe(self) -> str:
         return "{" + ", ".join(map(str, self.choices)) + "}"
@@ -70,6 +102,31 @@ class IntRange:
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, int) and self.low <= value <= self.high
+
+    def encode(self, spec: ArchSpec) -> dict[str, Any]:
+        """The parameters that decode to `spec`; SpecError if it is not a point of the space."""
+        schedules = {v: k for k, v in DILATION_SCHEDULES.items()}
+        values: dict[str, Any] = {"ratio": spec.ratio, "downsampler": spec.downsampler, "tvconv_from": spec.tvconv_from}
+        for i, st in enumerate(spec.stages, 1):
+            if st.dilations not in schedules:
+                raise SpecError(f"stages[{i - 1}].dilations", list(st.dilations), f"one of {list(DILATION_SCHEDULES.values())}")
+            values.update({f"stage{i}.width": st.width, f"stage{i}.depth": st.depth, f"stage{i}.core": st.core,
+                           f"stage{i}.kernel": st.kernel, f"stage{i}.dilations": schedules[st.dilations],
+                           f"stage{i}.dropout": st.dropout})
+            if st.core == "eda":
+                values[f"stage{i}.growth"] = st.growth
+        kind = spec.decoder.kind
+        values["decoder.kind"] = kind
+        if kind == "erfnet":
+            values["decoder.erfnet_blocks"] = spec.decoder.blocks
+        else:
+            values[f"decoder.{kind}_width"] = spec.decoder.width
+        for p in self.active_params(values):
+            if not p.contains(values[p.name]):
+                raise SpecError(p.name, values[p.name], f"a value in {p.describe()} (not a point of the space)")
+        if self.decode(values) != dataclasses.replace(spec, name=""):
+            raise SpecError("spec", spec.tag(), "a spec that the space can represent exactly")
+        return values
 
     def describe(self) -> str:
         return f"[{self.low}, {self.high}]"
@@ -103,6 +160,10 @@ def _declare() -> tuple[Choice | IntRange, ...]:
 
 
 PARAMS = _declare()
+
+
+def _even_for_split(width: int, core: str) -> int:
+    return width + (width % 2) if core in SPLIT_CORES else width
 
 
 @dataclass(frozen=True)
@@ -143,7 +204,8 @@ class SearchSpace:
             raise SpecError("params", bad, "exactly the active parameters of the space, with allowed values")
         stages = tuple(
             StageSpec(
-                width=values[f"stage{i}.width"], depth=values[f"stage{i}.depth"], core=values[f"stage{i}.core"],
+                width=_even_for_split(values[f"stage{i}.width"], values[f"stage{i}.core"]),
+                depth=values[f"stage{i}.depth"], core=values[f"stage{i}.core"],
                 kernel=values[f"stage{i}.kernel"], dilations=DILATION_SCHEDULES[values[f"stage{i}.dilations"]],
                 dropout=float(values[f"stage{i}.dropout"]), growth=values.get(f"stage{i}.growth", 0),
             )
@@ -156,6 +218,31 @@ class SearchSpace:
                               blocks=values.get("decoder.erfnet_blocks", 2))
         return ArchSpec(input=self.input, stages=stages, decoder=decoder, ratio=values["ratio"],
                         downsampler=values["downsampler"], tvconv_from=values["tvconv_from"])
+
+    def encode(self, spec: ArchSpec) -> dict[str, Any]:
+        """The parameters that decode to `spec`; SpecError if it is not a point of the space."""
+        schedules = {v: k for k, v in DILATION_SCHEDULES.items()}
+        values: dict[str, Any] = {"ratio": spec.ratio, "downsampler": spec.downsampler, "tvconv_from": spec.tvconv_from}
+        for i, st in enumerate(spec.stages, 1):
+            if st.dilations not in schedules:
+                raise SpecError(f"stages[{i - 1}].dilations", list(st.dilations), f"one of {list(DILATION_SCHEDULES.values())}")
+            values.update({f"stage{i}.width": st.width, f"stage{i}.depth": st.depth, f"stage{i}.core": st.core,
+                           f"stage{i}.kernel": st.kernel, f"stage{i}.dilations": schedules[st.dilations],
+                           f"stage{i}.dropout": st.dropout})
+            if st.core == "eda":
+                values[f"stage{i}.growth"] = st.growth
+        kind = spec.decoder.kind
+        values["decoder.kind"] = kind
+        if kind == "erfnet":
+            values["decoder.erfnet_blocks"] = spec.decoder.blocks
+        else:
+            values[f"decoder.{kind}_width"] = spec.decoder.width
+        for p in self.active_params(values):
+            if not p.contains(values[p.name]):
+                raise SpecError(p.name, values[p.name], f"a value in {p.describe()} (not a point of the space)")
+        if self.decode(values) != dataclasses.replace(spec, name=""):
+            raise SpecError("spec", spec.tag(), "a spec that the space can represent exactly")
+        return values
 
     def describe(self) -> str:
         """A printable table of the space."""

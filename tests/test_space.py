@@ -67,3 +67,21 @@ def test_description_lists_every_parameter_once():
     assert len(set(names)) == len(names)
     for name in names:
         assert name in text
+
+
+@pytest.mark.parametrize("name", ["erfnet", "edanet", "esnet", "lednet"])
+def test_every_preset_is_a_point_of_the_space(name):
+    from search_spaces import load_preset
+    spec = load_preset(name, height=32, width=64, num_classes=5)
+    params = SPACE.encode(spec)
+    assert SPACE.contains(params)
+    assert SPACE.decode(params) == spec.__class__(**{**spec.__dict__, "name": ""})
+
+
+def test_encode_refuses_specs_outside_the_space():
+    from search_spaces import load_preset
+    import dataclasses
+    spec = load_preset("erfnet", height=32, width=64, num_classes=5)
+    odd = dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], width=17),) + spec.stages[1:])
+    with pytest.raises(SpecError, match="stage1.width"):
+        SPACE.encode(odd)

@@ -1,0 +1,134 @@
+"""Objectives, the trials table, the Pareto front, hypervolume and the knee.
+
+Hypervolume is computed on normalised losses with one fixed reference point, so figures are
+comparable across runs of the same study size: loss(mIoU) = 1 - mIoU; loss(cost) = cost / scale,
+where `scale` is twice the ERFNet preset's cost at the study's input size (measured once when the
+study starts and stored in config.yaml). The reference point is 1 in every normalised objective:
+mIoU 0, or twice ERFNet's cost. Points beyond it add nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from search_spaces import ArchSpec
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # CLI name
+    key: str  # result / column key
+    direction: str  # "maximize" | "minimize"
+    label: str  # axis label with unit
+
+
+OBJECTIVES = {
+    "miou": Objective("miou", "miou", "maximize", "validation mIoU"),
+    "gmacs": Objective("gmacs", "gmacs", "minimize", "GMACs (1 multiply-add = 1, batch 1)"),
+    "latency": Objective("latency", "latency_ms", "minimize", "latency (ms, batch 1, median)"),
+    "memory": Objective("memory", "peak_mem_mb", "minimize", "peak activation memory (MB, batch 1)"),
+    "params": Objective("params", "params", "minimize", "parameters"),
+}
+COUNTED = ("complete", "stopped", "infeasible", "failed")  # trial statuses that use up the budget
+
+
+def parse_objectives(text: str) -> tuple[Objective, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in OBJECTIVES]
+    if bad or "miou" not in names or len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"--objectives {text!r}: give miou and at least one cost, no repeats, from {list(OBJECTIVES)}")
+    return tuple(OBJECTIVES[n] for n in names)
+
+
+def losses(values: Sequence[float], objectives: Sequence[Objective], scales: dict[str, float]) -> np.ndarray:
+    """Normalised losses (lower is better; 1 = the reference point) of one trial's objective values."""
+    out = []
+    for v, o in zip(values, objectives):
+        out.append(1.0 - v if o.direction == "maximize" else v / scales[o.key])
+    return np.asarray(out, dtype=float)
+
+
+def hypervolume(loss_rows: Iterable[np.ndarray]) -> float:
+    """Hypervolume dominated by these normalised loss vectors, up to the reference point 1."""
+    from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG implementation
+
+    pts = np.array([np.minimum(r, 1.0) for r in loss_rows if np.all(r < 1.0)])
+    if len(pts) == 0:
+        return 0.0
+    return float(compute_hypervolume(pts, np.ones(pts.shape[1])))
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that used up budget, in order; interrupted attempts (re-queued on resume) excluded."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("status") in COUNTED and not t.user_attrs.get("interrupted")]
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Pareto-optimal fully trained, feasible trials (early-stopped and infeasible are PRUNED)."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def hypervolume_history(study: optuna.Study, objectives: Sequence[Objective], scales: dict[str, float]) -> list[float]:
+    """Hypervolume of the front after each counted trial, in trial-number order."""
+    history, pts = [], []
+    for t in counted_trials(study):
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            pts.append(losses(t.values, objectives, scales))
+        history.append(hypervolume(pts))
+    return history
+
+
+def knee(front: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[Objective]) -> optuna.trial.FrozenTrial:
+    """The front member nearest the ideal point after min-max scaling each objective over the front."""
+    vals = np.array([[(-v if o.direction == "maximize" else v) for v, o in zip(t.values, objectives)] for t in front])
+    span = vals.max(0) - vals.min(0)
+    scaled = (vals - vals.min(0)) / np.where(span > 0, span, 1.0)
+    return front[int(np.argmin(np.linalg.norm(scaled, axis=1)))]
+
+
+def pick(front: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[Objective], how: str) -> optuna.trial.FrozenTrial:
+    if how == "knee":
+        return knee(front, objectives)
+    idx = [o.name for o in objectives].index(how)
+    sign = -1 if objectives[idx].direction == "maximize" else 1
+    return min(front, key=lambda t: sign * t.values[idx])
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}[{i}]", v, out)
+    elif isinstance(value, list):
+        out[prefix] = "-".join(map(str, value))
+    else:
+        out[prefix] = value
+
+
+def trial_spec(t: optuna.trial.FrozenTrial) -> ArchSpec:
+    return ArchSpec.from_dict(t.user_attrs["spec"])
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per counted trial: state, every ArchSpec field, every objective, timing, reason."""
+    rows = []
+    for t in counted_trials(study):
+        a = t.user_attrs
+        row = {"trial": t.number, "state": a["status"], "preset": a.get("preset", ""),
+               "tag": trial_spec(t).tag() if "spec" in a else ""}
+        for key in ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
+                    "epochs", "train_seconds", "trial_seconds", "device", "reason"):
+            row[key] = a.get(key)
+        if "spec" in a:
+            spec = dict(a["spec"])
+            spec.pop("name", None)
+            _flatten("", spec, row)
+        rows.append(row)
+    return pd.DataFrame(rows)

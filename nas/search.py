@@ -1,0 +1,199 @@
+"""`python -m nas.search --budget 100`: search the space for the Pareto front of mIoU against costs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import optuna
+
+from trainers.data import load_data
+
+from . import study as st
+from .cli import UsageError, parse_size, run
+from .pareto import front_trials, hypervolume, losses, parse_objectives
+from .report import write_results
+from .trial import Constraints, TrialSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nas.search", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--budget", type=int, default=100, help="trials to run, presets included")
+    a("--data", default=None, help="dataset folder (folder or Cityscapes layout); default: the embedded street scenes")
+    a("--study", default="default", help="study name; outputs go to OUT/STUDY")
+    a("--out", default="results", help="results folder")
+    a("--objectives", default="miou,gmacs,latency,memory", help="comma list from miou,gmacs,latency,memory,params")
+    a("--sampler", default="nsga2", choices=st.SAMPLERS, help="Optuna sampler")
+    a("--seed", type=int, default=0, help="fixes sampling, data order and initialisation")
+    a("--epochs", type=int, default=3, help="maximum training epochs per trial")
+    a("--size", default="32x64", help="input HxW of every network (multiple of 32)")
+    a("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
+    a("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractional shares one GPU")
+    a("--max-concurrent", type=int, default=None, help="concurrent trials (default: CPUs / cpus-per-trial)")
+    a("--address", default=None, help="address of an existing Ray cluster to run on")
+    a("--storage", default=None, help="SQLAlchemy URL of the study database (default: SQLite in the run folder)")
+    a("--max-latency-ms", type=float, default=None, help="constraint: trials slower than this are infeasible")
+    a("--max-gmacs", type=float, default=None, help="constraint on GMACs")
+    a("--max-params", type=float, default=None, help="constraint on parameters")
+    a("--max-mem-mb", type=float, default=None, help="constraint on peak activation memory (MB)")
+    a("--no-early-stopping", action="store_true", help="train every trial for all epochs")
+    a("--resume", action="store_true", help="continue the study in an existing run folder")
+    a("--force", action="store_true", help="replace an existing run folder")
+    a("--pick", default="knee", choices=("knee", "miou", "gmacs", "latency", "memory"), help="which front member is best.yaml")
+    a("--no-presets", action="store_true", help="do not enqueue the hand-designed presets first")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
+    if args.budget < 1:
+        raise UsageError(f"--budget {args.budget}: must be at least 1")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs {args.epochs}: must be at least 1")
+    if args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial}: must be positive")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
+    if args.resume and args.force:
+        raise UsageError("--resume and --force contradict each other; give one")
+    for flag in ("max_latency_ms", "max_gmacs", "max_params", "max_mem_mb"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: a constraint must be positive")
+    if args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: must be >= 0")
+    if args.gpus_per_trial > 0 and not args.address:
+        available = st._gpu_count()
+        if args.gpus_per_trial > max(available, 0) or available == 0:
+            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
+    try:
+        objectives = parse_objectives(args.objectives)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.pick != "knee" and args.pick not in [o.name for o in objectives]:
+        raise UsageError(f"--pick {args.pick}: not among the objectives {args.objectives}")
+    h, w = parse_size(args.size)
+    if h % 32 or w % 32:
+        raise UsageError(f"--size {args.size}: height and width must be multiples of 32 (ratio 4 x 3 stride-2 stages)")
+    threads = max(1, int(args.cpus_per_trial))
+    settings = TrialSettings(
+        epochs=args.epochs, seed=args.seed, threads=threads, device="cuda" if args.gpus_per_trial > 0 else "cpu",
+        constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
+    )
+    return st.SearchConfig(
+        study=args.study, out=args.out, budget=args.budget, objectives=objectives, settings=settings, data=args.data,
+        height=h, width=w, sampler=args.sampler, seed=args.seed, early_stopping=not args.no_early_stopping,
+        presets=not args.no_presets, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, pick=args.pick,
+        resume=args.resume, force=args.force,
+    )
+
+
+class Progress:
+    """A live status line: done / running / failed / stopped / infeasible, front, HV, elapsed, ETA."""
+
+    def __init__(self, cfg: st.SearchConfig, study: optuna.Study, scales: dict[str, float]):
+        self.cfg, self.study, self.scales = cfg, study, scales
+        self.start = time.time()
+        self.done_at_start = len(st.counted_trials(study))
+        self.running = 0
+
+    def line(self) -> str:
+        counts = st.count_states(self.study)
+        done = sum(counts.values())
+        front = front_trials(self.study)
+        hv = hypervolume(losses(t.values, self.cfg.objectives, self.scales) for t in front)
+        elapsed = time.time() - self.start
+        new = done - self.done_at_start
+        eta = elapsed / new * (self.cfg.budget - done) if new else float("nan")
+        return (f"[{done}/{self.cfg.budget}] complete {counts['complete']} | running {self.running} | "
+                f"failed {counts['failed']} | stopped early {counts['stopped']} | infeasible {counts['infeasible']} | "
+                f"front {len(front)} | HV {hv:.4f} | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+
+    def show(self) -> None:
+        if not self.cfg.quiet:
+            end = "\n" if not sys.stdout.isatty() else "\r"
+            print(self.line().ljust(120), end=end, flush=True)
+
+    def ray_callback(self):
+        from ray.tune import Callback
+
+        progress = self
+
+        class _Callback(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                progress.running += 1
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                progress.running = max(0, progress.running - 1)
+                progress.show()
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                progress.running = max(0, progress.running - 1)
+                progress.show()
+
+        return _Callback()
+
+
+def search(cfg: st.SearchConfig) -> int:
+    """Run (or resume) a search and write every output; returns the process exit code."""
+    data = load_data(cfg.data, cfg.height, cfg.width, seed=cfg.seed)  # validated before any trial starts
+    space = st.study_space(data, cfg.height, cfg.width)
+    with st.locked_run_dir(cfg) as run_dir:
+        study = st.open_study(cfg)
+        fresh = len(study.trials) == 0
+        if not fresh and not cfg.resume:
+            raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")
+        requeued = st.requeue_interrupted(study)
+        if requeued:
+            print(f"resuming: {requeued} interrupted trial(s) queued again")
+        if fresh and cfg.presets:
+            st.enqueue_presets(study, space)
+        scales = _scales(cfg, study, space)
+        config = cfg.to_dict()
+        progress = Progress(cfg, study, scales)
+        remaining = st.remaining_budget(study, cfg.budget)
+        print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run -> {run_dir}")
+        try:
+            if remaining:
+                st.run_trials(cfg, study, space, data, remaining, [progress.ray_callback()])
+        finally:
+            # results are regenerated from the study even after Ctrl-C, so they never go stale
+            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick)
+        print()
+        print(progress.line())
+        _print_front(front)
+        print(f"wrote {run_dir}/: trials.csv pareto.csv pareto/*.yaml best.yaml pareto_*.png hypervolume.png report.html")
+    return 0
+
+
+def _scales(cfg: st.SearchConfig, study: optuna.Study, space) -> dict[str, float]:
+    """The fixed hypervolume reference, measured once per study and kept in the study itself."""
+    key = "hypervolume_scales"
+    if key not in study.user_attrs:
+        study.set_user_attr(key, st.reference_scales(space, cfg.objectives, cfg.settings.device))
+    return study.user_attrs[key]
+
+
+def _print_front(front) -> None:
+    if not len(front):
+        print("front: empty (no trial finished training)")
+        return
+    cols = [c for c in ("trial", "preset", "miou", "gmacs", "latency_ms", "peak_mem_mb", "params", "tag") if c in front]
+    print(front[cols].sort_values("miou", ascending=False).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    cfg = config_from_args(build_parser().parse_args(argv))
+    try:
+        return search(cfg)
+    except st.RunFolderError as exc:
+        raise UsageError(str(exc)) from None
+
+
+if __name__ == "__main__":
+    run(main)

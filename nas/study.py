@@ -1,0 +1,294 @@
+"""The search: an Optuna study (the truth, in RDB storage) driven through Ray Tune's trial runner.
+
+Optuna samples every architecture (define-by-run through `SearchSpace.sample`) and records every
+outcome; Ray Tune runs the trials in parallel with per-trial resources and stops hopeless ones
+early (ASHA on mIoU per epoch). Early-stopped and infeasible trials are told to Optuna as PRUNED,
+so the multi-objective sampler never takes them for finished results and they never sit on the
+front; failures are FAIL with their reason. Resume works from the study alone: trials left
+RUNNING by a killed driver are marked interrupted and re-queued with the same parameters.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import ArchSpec, InputSpec, load_preset
+from search_spaces.presets import PRESET_NAMES
+from search_spaces.space import SearchSpace
+from trainers.costs import measure_costs
+from trainers.data import SegData
+
+from .pareto import COUNTED, Objective, counted_trials
+from .trial import TrialSettings, evaluate_trial
+
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
+
+
+class RunFolderError(RuntimeError):
+    """The run folder exists (use --resume or --force) or another search is using it."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    study: str
+    out: str
+    budget: int
+    objectives: tuple[Objective, ...]
+    settings: TrialSettings
+    data: str | None = None
+    height: int = 32
+    width: int = 64
+    sampler: str = "nsga2"
+    seed: int = 0
+    early_stopping: bool = True
+    presets: bool = True
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage: str | None = None
+    pick: str = "knee"
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.study
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["objectives"] = [o.name for o in self.objectives]
+        return d
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=20)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=12)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(f"--sampler {name!r}: one of {list(SAMPLERS)}")
+
+
+# --- the run folder ----------------------------------------------------------------------------
+@contextmanager
+def locked_run_dir(cfg: SearchConfig) -> Iterator[Path]:
+    """Create (or reopen, with --resume) the run folder and hold an exclusive lock on it."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if cfg.force:
+            _lock_or_refuse(run_dir).close()  # never delete a folder another search is using
+            shutil.rmtree(run_dir)
+        elif not cfg.resume:
+            raise RunFolderError(f"{run_dir} already holds a run; add --resume to continue it or --force to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = _lock_or_refuse(run_dir)
+    try:
+        yield run_dir
+    finally:
+        handle.close()
+
+
+def _lock_or_refuse(run_dir: Path):
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderError(f"{run_dir} is in use by another running search") from None
+    return handle
+
+
+# --- the study -----------------------------------------------------------------------------------
+def open_study(cfg: SearchConfig) -> optuna.Study:
+    try:
+        storage = optuna.storages.RDBStorage(cfg.storage_url)
+    except Exception as exc:
+        raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
+    study = optuna.create_study(
+        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.sampler, cfg.seed),
+        directions=[o.direction for o in cfg.objectives], load_if_exists=True,
+    )
+    if study.trials:
+        # A resumed sampler must not replay the random stream the first run already used.
+        study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials))
+    return study
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Trials a killed driver left RUNNING: mark them interrupted (not counted) and queue them again."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+        n += 1
+    return n
+
+
+def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
+    for name in PRESET_NAMES:
+        spec = load_preset(name, space.input.height, space.input.width, space.input.num_classes, space.input.in_channels)
+        study.enqueue_trial(space.encode(spec), user_attrs={"preset": name})
+
+
+def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], device: str) -> dict[str, float]:
+    """Twice the most expensive preset's cost, per cost, at the study size: the fixed HV reference."""
+    inp = space.input
+    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), device, runs=30).to_dict()
+             for n in PRESET_NAMES]
+    return {o.key: 2.0 * max(float(c[o.key]) for c in costs) for o in objectives if o.direction == "minimize"}
+
+
+def _asha(epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class PresetFairASHA(ASHAScheduler):
+        """ASHA on mIoU per epoch, except that the hand-designed presets always train to the end:
+        the front is measured against fully trained presets."""
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if trial.config.get("preset"):
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return PresetFairASHA(metric="miou", mode="max", time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+
+
+# --- Ray Tune wiring -------------------------------------------------------------------------------
+def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...]):
+    from ray.tune.search import Searcher
+
+    class OptunaStudySearcher(Searcher):
+        """Ray Tune asks it for trials; it asks the Optuna study (ask/tell) and records outcomes."""
+
+        def __init__(self) -> None:
+            super().__init__(metric="miou", mode="max")
+            self.trials: dict[str, optuna.Trial] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            trial = study.ask()
+            spec = space.sample(trial)
+            preset = trial.user_attrs.get("preset")
+            if preset:
+                spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
+            trial.set_user_attr("spec", spec.to_dict())
+            self.trials[trial_id] = trial
+            return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or ""}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            trial = self.trials.pop(trial_id, None)
+            if trial is not None:
+                record_outcome(study, trial, result, error, objectives)
+
+    return OptunaStudySearcher()
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None, error: bool,
+                   objectives: tuple[Objective, ...]) -> str:
+    """Tell Optuna how a trial ended; returns its status."""
+    result = result or {}
+    status = result.get("status", "failed")
+    if error:
+        status = "failed"
+        result = {**result, "reason": result.get("reason") or "worker process died or raised outside the trial"}
+    elif status == "running":
+        status = "stopped"  # the scheduler stopped it after an intermediate report
+    keep = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
+            "epoch", "train_seconds", "trial_seconds", "device", "reason")
+    for key in keep:
+        if key in result:
+            trial.set_user_attr("epochs" if key == "epoch" else key, result[key])
+    trial.set_user_attr("status", status)
+    if status == "complete":
+        study.tell(trial, [float(result[o.key]) for o in objectives])
+    else:
+        study.tell(trial, state=TrialState.FAIL if status == "failed" else TrialState.PRUNED)
+    return status
+
+
+def _trainable(config: dict, data: SegData) -> None:
+    from ray import tune
+
+    settings = TrialSettings.from_dict(config["settings"])
+    spec = ArchSpec.from_dict(config["spec"])
+    result = evaluate_trial(spec, data, settings, config["number"], report=tune.report)
+    if result["status"] != "complete":
+        tune.report({"miou": 0.0, **result})
+
+
+def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, n: int,
+               callbacks: list) -> None:
+    """Run `n` more trials through Ray Tune."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not ray.is_initialized():
+        kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count()}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
+    scheduler = _asha(cfg.settings.epochs) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
+    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data),
+                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"settings": cfg.settings.to_dict()},
+        tune_config=tune.TuneConfig(search_alg=_ray_searcher(study, space, cfg.objectives), scheduler=scheduler,
+                                    num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
+                                  verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+
+
+def _gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
+def _ray_temp_dir() -> Path:
+    # Short and private: Ray's socket paths must stay under the OS limit of ~107 characters.
+    path = Path("/tmp") / f"lightseg-ray-{os.getuid()}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def remaining_budget(study: optuna.Study, budget: int) -> int:
+    return max(0, budget - len(counted_trials(study)))
+
+
+def study_space(data: SegData, height: int, width: int) -> SearchSpace:
+    return SearchSpace(InputSpec(height=height, width=width, in_channels=data.info.in_channels,
+                                 num_classes=data.info.num_classes))
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts = dict.fromkeys(COUNTED, 0)
+    for t in counted_trials(study):
+        counts[t.user_attrs["status"]] += 1
+    return counts

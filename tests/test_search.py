@@ -1,0 +1,104 @@
+"""A tiny end-to-end search: every output, exact budget, faithful front, faults, constraints, resume."""
+import dataclasses
+
+import optuna
+import pandas as pd
+import pytest
+
+from nas.search import build_parser, config_from_args, search
+from nas.study import open_study, RunFolderError
+from nas.trial import FaultPlan
+from search_spaces import ArchSpec, build_model
+from trainers.costs import count_gmacs
+
+BUDGET = 7
+
+
+def make_config(tmp_path, *extra, faults=FaultPlan()):
+    args = build_parser().parse_args(["--budget", str(BUDGET), "--epochs", "1", "--size", "32x32", "--out", str(tmp_path),
+                                      "--study", "tiny", "--seed", "1", *extra])
+    cfg = config_from_args(args)
+    return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, faults=faults, latency_runs=5))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import os
+    os.environ["LIGHTSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("runs")
+    # trial 5 raises; a GMACs cap between the presets' costs makes some trials infeasible
+    cfg = make_config(out, "--max-gmacs", "0.02", faults=FaultPlan(raise_at=(5,)))
+    assert search(cfg) == 0
+    return cfg
+
+
+def test_every_output_is_written(run):
+    d = run.run_dir
+    for name in ("trials.csv", "pareto.csv", "best.yaml", "config.yaml", "report.html", "hypervolume.png",
+                 "pareto_gmacs.png", "pareto_latency.png", "pareto_memory.png", "study.db"):
+        assert (d / name).stat().st_size > 0, name
+    assert "data:image/png;base64" in (d / "report.html").read_text()
+
+
+def test_trials_csv_has_exactly_budget_rows_with_every_field(run):
+    table = pd.read_csv(run.run_dir / "trials.csv")
+    assert len(table) == BUDGET and table["trial"].is_unique
+    for col in ("state", "miou", "gmacs", "latency_ms", "peak_mem_mb", "params", "train_seconds", "device", "reason",
+                "ratio", "stages[0].core", "stages[2].dilations", "decoder.kind"):
+        assert col in table.columns, col
+    assert set(table["preset"].dropna()) == {"erfnet", "edanet", "esnet", "lednet"}
+
+
+def test_a_raising_trial_is_a_failed_row(run):
+    table = pd.read_csv(run.run_dir / "trials.csv").set_index("trial")
+    assert table.loc[5, "state"] == "failed" and "injected fault" in table.loc[5, "reason"]
+
+
+def test_infeasible_trials_never_sit_on_the_front(run):
+    table = pd.read_csv(run.run_dir / "trials.csv")
+    front = pd.read_csv(run.run_dir / "pareto.csv")
+    infeasible = table[table["state"] == "infeasible"]
+    assert len(infeasible) >= 1 and (infeasible["gmacs"] > 0.02).all()
+    assert infeasible["reason"].str.contains("gmacs").all()
+    assert not set(infeasible["trial"]) & set(front["trial"])
+    assert (front["state"] == "complete").all() and (front["gmacs"] <= 0.02).all()
+
+
+def test_front_yamls_rebuild_with_the_csv_gmacs(run):
+    front = pd.read_csv(run.run_dir / "pareto.csv").set_index("trial")
+    files = sorted((run.run_dir / "pareto").glob("*.yaml"))
+    assert len(files) == len(front) >= 1
+    for f in files:
+        spec = ArchSpec.from_yaml(f)
+        number = int(f.stem.split("_")[1])
+        assert count_gmacs(build_model(spec), spec) == pytest.approx(front.loc[number, "gmacs"], rel=1e-9)
+    ArchSpec.from_yaml(run.run_dir / "best.yaml")
+
+
+def test_existing_run_folder_is_refused_without_resume_or_force(run):
+    with pytest.raises(RunFolderError, match="--resume"):
+        search(dataclasses.replace(run, resume=False))
+
+
+def test_interrupted_search_resumes_to_exactly_budget(tmp_path):
+    cfg = make_config(tmp_path, "--no-presets", "--no-early-stopping")
+    search(dataclasses.replace(cfg, budget=3))
+    # a driver killed mid-trial leaves a RUNNING trial behind: simulate one
+    study = open_study(cfg)
+    study.sampler = optuna.samplers.RandomSampler(seed=999)
+    stale = study.ask()
+    from nas.study import study_space
+    from trainers.data import load_data
+    space = study_space(load_data(None, 32, 32), 32, 32)
+    stale_spec = space.sample(stale)
+    resumed = dataclasses.replace(cfg, resume=True)
+    assert search(resumed) == 0
+    study = open_study(cfg)
+    table = pd.read_csv(cfg.run_dir / "trials.csv")
+    assert len(table) == BUDGET and table["trial"].is_unique
+    assert stale.number not in set(table["trial"])  # the interrupted attempt is not counted
+    # ... but its architecture was run again, once
+    specs = [ArchSpec.from_dict(t.user_attrs["spec"]) for t in study.trials if "spec" in t.user_attrs and not t.user_attrs.get("interrupted")]
+    assert sum(s == stale_spec for s in specs) == 1
+    first = pd.read_csv(cfg.run_dir / "trials.csv").head(3)
+    assert (first["state"] != "").all()
