@@ -68,7 +68,7 @@ def plot_fronts(run_dir: Path, table: pd.DataFrame, front: list[int], objectives
     paths = []
     done = table[table["state"] == "complete"] if len(table) else table
     for cost in (o for o in objectives if o.direction == "minimize"):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig, ax = plt.subplots(figsize=(8.4, 4.6))
         if len(done):
             ax.scatter(done[cost.key], done["miou"], s=14, alpha=0.3, color="tab:gray", label="trials (trained)")
             on = done[done["trial"].isin(front)]
@@ -85,7 +85,7 @@ def plot_fronts(run_dir: Path, table: pd.DataFrame, front: list[int], objectives
         ax.set_ylabel("validation mIoU")
         ax.set_title(f"mIoU vs {cost.name}")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         fig.tight_layout()
         paths.append(_save(fig, run_dir / f"pareto_{cost.name}.png"))
         plt.close(fig)

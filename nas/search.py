@@ -123,16 +123,15 @@ class Progress:
         progress = self
 
         class _Callback(Callback):
-            def on_trial_start(self, iteration, trials, trial, **info):
-                progress.running += 1
+            def _update(self, trials) -> None:
+                progress.running = sum(t.status == "RUNNING" for t in trials)
+                progress.show()
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                progress.running = max(0, progress.running - 1)
-                progress.show()
+                self._update(trials)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                progress.running = max(0, progress.running - 1)
-                progress.show()
+                self._update(trials)
 
         return _Callback()
 

@@ -28,6 +28,10 @@ NUM_STAGES = 3
 TOTAL_STRIDE = 2**NUM_STAGES
 MAX_DEPTH = 32
 MAX_DILATION = 64
+MAX_WIDTH = 4096
+MAX_SIZE = 8192
+MAX_CLASSES = 1024
+MAX_IN_CHANNELS = 64
 
 
 class SpecError(ValueError):
@@ -48,9 +52,11 @@ class InputSpec:
     num_classes: int
 
     def validate(self, path: str) -> None:
-        for name in ("height", "width", "in_channels", "num_classes"):
-            _require(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), "a positive integer")
-        _require(self.num_classes >= 2, f"{path}.num_classes", self.num_classes, "at least 2 classes")
+        for name, top in (("height", MAX_SIZE), ("width", MAX_SIZE), ("in_channels", MAX_IN_CHANNELS)):
+            value = getattr(self, name)
+            _require(1 <= value <= top, f"{path}.{name}", value, f"an integer in [1, {top}]")
+        _require(2 <= self.num_classes <= MAX_CLASSES, f"{path}.num_classes", self.num_classes,
+                 f"at least 2 classes, at most {MAX_CLASSES}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +79,7 @@ class StageSpec:
         return self.width + self.depth * self.growth
 
     def validate(self, path: str) -> None:
-        _require(self.width >= 2, f"{path}.width", self.width, "an integer >= 2")
+        _require(2 <= self.width <= MAX_WIDTH, f"{path}.width", self.width, f"an integer in [2, {MAX_WIDTH}]")
         _require(0 <= self.depth <= MAX_DEPTH, f"{path}.depth", self.depth, f"an integer in [0, {MAX_DEPTH}]")
         _require(self.core in CORES, f"{path}.core", self.core, f"one of {list(CORES)}")
         _require(self.kernel in KERNELS, f"{path}.kernel", self.kernel, f"one of {list(KERNELS)}")
@@ -106,6 +112,7 @@ class DecoderSpec:
 
     def validate(self, path: str, num_classes: int, ratio: int) -> None:
         _require(self.kind in DECODERS, f"{path}.kind", self.kind, f"one of {list(DECODERS)}")
+        _require(0 <= self.width <= MAX_WIDTH * 16, f"{path}.width", self.width, f"an integer in [0, {MAX_WIDTH * 16}]")
         if self.kind == "erfnet":
             _require(1 <= self.blocks <= 8, f"{path}.blocks", self.blocks, "an integer in [1, 8]")
         else:
@@ -188,14 +195,17 @@ class ArchSpec:
         return text
 
     @classmethod
-    def from_yaml(cls, source: str | Path) -> ArchSpec:
-        """Load from a YAML file path (or a YAML string that contains a newline)."""
-        is_text = isinstance(source, str) and "\n" in source
-        where = "<string>" if is_text else str(source)
+    def from_yaml(cls, path: str | Path) -> ArchSpec:
+        """Load from a YAML file."""
         try:
-            text = source if is_text else Path(source).read_text()
-        except OSError as exc:
-            raise SpecError("<file>", where, f"a readable YAML file ({exc.strerror})") from None
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError("<file>", str(path), f"a readable YAML file ({getattr(exc, 'strerror', None) or exc})") from None
+        return cls.from_yaml_text(text, where=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, where: str = "<string>") -> ArchSpec:
+        """Load from YAML text."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -225,9 +235,9 @@ def _from_plain(cls: type, data: Any, path: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     if not isinstance(data, dict):
         raise SpecError(path or "<root>", data, f"a mapping with keys {names}")
-    unknown = sorted(set(map(str, data)) - set(names))
+    unknown = [k for k in data if k not in names]
     if unknown:
-        raise SpecError(_join(path, unknown[0]), data[unknown[0]], f"known keys are {names}")
+        raise SpecError(_join(path, str(unknown[0])), data[unknown[0]], f"known keys are {names}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):

@@ -102,3 +102,17 @@ def test_interrupted_search_resumes_to_exactly_budget(tmp_path):
     assert sum(s == stale_spec for s in specs) == 1
     first = pd.read_csv(cfg.run_dir / "trials.csv").head(3)
     assert (first["state"] != "").all()
+
+
+def test_export_any_trial_and_a_verified_onnx(run, tmp_path):
+    from nas import export
+    table = pd.read_csv(run.run_dir / "trials.csv")
+    number = int(table[table["state"] == "complete"]["trial"].iloc[0])
+    out = tmp_path / "t.yaml"
+    assert export.main(["--run", str(run.run_dir), "--trial", str(number), "--out", str(out),
+                        "--onnx", str(tmp_path / "t.onnx")]) == 0
+    spec = ArchSpec.from_yaml(out)
+    assert spec.tag() == table.set_index("trial").loc[number, "tag"]
+    assert (tmp_path / "t.onnx").stat().st_size > 1000
+    with pytest.raises(Exception, match="no such trial"):
+        export.main(["--run", str(run.run_dir), "--trial", "999"])

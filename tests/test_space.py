@@ -23,7 +23,7 @@ def sampled(n, seed):
 def test_200_sampled_specs_are_valid_and_round_trip_through_yaml():
     for spec, params in sampled(200, seed=1):
         assert SPACE.contains(params)
-        assert ArchSpec.from_yaml(spec.to_yaml()) == spec
+        assert ArchSpec.from_yaml_text(spec.to_yaml()) == spec
 
 
 def test_sampled_specs_build_and_run():

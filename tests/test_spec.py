@@ -72,7 +72,7 @@ def test_malformed_yaml_and_missing_file(tmp_path):
     with pytest.raises(SpecError, match="readable YAML file"):
         ArchSpec.from_yaml(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="mapping"):
-        ArchSpec.from_yaml("- just\n- a list\n")
+        ArchSpec.from_yaml_text("- just\n- a list\n")
 
 
 def test_spec_is_frozen_and_direct_construction_is_checked():
