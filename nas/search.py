@@ -136,8 +136,18 @@ class Progress:
         return _Callback()
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM takes the same path as Ctrl-C: trials stop, results are written, --resume continues."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
 def search(cfg: st.SearchConfig) -> int:
     """Run (or resume) a search and write every output; returns the process exit code."""
+    _sigterm_as_interrupt()
     data = load_data(cfg.data, cfg.height, cfg.width, seed=cfg.seed)  # validated before any trial starts
     space = st.study_space(data, cfg.height, cfg.width)
     with st.locked_run_dir(cfg) as run_dir:
@@ -148,7 +158,7 @@ def search(cfg: st.SearchConfig) -> int:
         requeued = st.requeue_interrupted(study)
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
-        if fresh and cfg.presets:
+        if cfg.presets:
             st.enqueue_presets(study, space)
         scales = _scales(cfg, study, space)
         config = cfg.to_dict()

@@ -147,7 +147,11 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 
 def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue every preset not yet in the study (idempotent, so a kill mid-way loses none)."""
+    present = {t.user_attrs.get("preset") for t in study.get_trials(deepcopy=False)}
     for name in PRESET_NAMES:
+        if name in present:
+            continue
         spec = load_preset(name, space.input.height, space.input.width, space.input.num_classes, space.input.in_channels)
         study.enqueue_trial(space.encode(spec), user_attrs={"preset": name})
 
@@ -160,23 +164,27 @@ def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], devi
     return {o.key: 2.0 * max(float(c[o.key]) for c in costs) for o in objectives if o.direction == "minimize"}
 
 
-def _asha(epochs: int):
+def _asha(epochs: int, early_stopped: set[str]):
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class PresetFairASHA(ASHAScheduler):
         """ASHA on mIoU per epoch, except that the hand-designed presets always train to the end:
-        the front is measured against fully trained presets."""
+        the front is measured against fully trained presets. Its STOP decisions are noted, so that
+        a trial stopped by a shutdown is never mistaken for one stopped for being hopeless."""
 
         def on_trial_result(self, tune_controller, trial, result):
             if trial.config.get("preset"):
                 return TrialScheduler.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP:
+                early_stopped.add(trial.trial_id)
+            return action
 
     return PresetFairASHA(metric="miou", mode="max", time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
 
 
 # --- Ray Tune wiring -------------------------------------------------------------------------------
-def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...]):
+def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str]):
     from ray.tune.search import Searcher
 
     class OptunaStudySearcher(Searcher):
@@ -198,8 +206,11 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             trial = self.trials.pop(trial_id, None)
-            if trial is not None:
-                record_outcome(study, trial, result, error, objectives)
+            if trial is None:
+                return
+            if not error and (result or {}).get("status") == "running" and trial_id not in early_stopped:
+                return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
+            record_outcome(study, trial, result, error, objectives)
 
     return OptunaStudySearcher()
 
@@ -211,11 +222,11 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None
     status = result.get("status", "failed")
     if error:
         status = "failed"
-        result = {**result, "reason": result.get("reason") or "worker process died or raised outside the trial"}
+        result = {**result, "reason": "worker process died or raised outside the trial (retried once)"}
     elif status == "running":
         status = "stopped"  # the scheduler stopped it after an intermediate report
     keep = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
-            "epoch", "train_seconds", "trial_seconds", "device", "reason")
+            "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts")
     for key in keep:
         if key in result:
             trial.set_user_attr("epochs" if key == "epoch" else key, result[key])
@@ -232,9 +243,23 @@ def _trainable(config: dict, data: SegData) -> None:
 
     settings = TrialSettings.from_dict(config["settings"])
     spec = ArchSpec.from_dict(config["spec"])
-    result = evaluate_trial(spec, data, settings, config["number"], report=tune.report)
+    attempt = next_attempt(Path(config["run_dir"]), config["number"])
+    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report)
     if result["status"] != "complete":
         tune.report({"miou": 0.0, **result})
+
+
+def next_attempt(run_dir: Path, number: int) -> int:
+    """Count this trial's attempts (a worker that died is retried once) with marker files."""
+    folder = run_dir / "attempts"
+    folder.mkdir(exist_ok=True)
+    attempt = 1
+    while True:
+        try:
+            (folder / f"{number}.{attempt}").touch(exist_ok=False)
+            return attempt
+        except FileExistsError:
+            attempt += 1
 
 
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, n: int,
@@ -252,16 +277,17 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
                  _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
-    scheduler = _asha(cfg.settings.epochs) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
+    early_stopped: set[str] = set()
+    scheduler = _asha(cfg.settings.epochs, early_stopped) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
     trainable = tune.with_resources(tune.with_parameters(_trainable, data=data),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        param_space={"settings": cfg.settings.to_dict()},
-        tune_config=tune.TuneConfig(search_alg=_ray_searcher(study, space, cfg.objectives), scheduler=scheduler,
+        param_space={"settings": cfg.settings.to_dict(), "run_dir": str(cfg.run_dir.resolve())},
+        tune_config=tune.TuneConfig(search_alg=_ray_searcher(study, space, cfg.objectives, early_stopped), scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
-                                  verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
+                                  verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=1)),
     )
     tuner.fit()
 
@@ -273,8 +299,8 @@ def _gpu_count() -> int:
 
 def _ray_temp_dir() -> Path:
     # Short and private: Ray's socket paths must stay under the OS limit of ~107 characters.
-    path = Path("/tmp") / f"lightseg-ray-{os.getuid()}"
-    path.mkdir(exist_ok=True)
+    path = Path(os.environ.get("LIGHTSEG_RAY_TMP") or f"/tmp/lightseg-ray-{os.getuid()}")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

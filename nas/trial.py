@@ -42,7 +42,8 @@ class FaultPlan:
     raise_at: tuple[int, ...] = ()
     nan_at: tuple[int, ...] = ()
     oom_at: tuple[int, ...] = ()
-    kill_worker_at: tuple[int, ...] = ()
+    kill_worker_at: tuple[int, ...] = ()  # every attempt: the trial fails after its one retry
+    kill_worker_once_at: tuple[int, ...] = ()  # first attempt only: the retry succeeds
 
 
 @dataclass(frozen=True)
@@ -68,23 +69,36 @@ class TrialSettings:
         return cls(**d)
 
 
-def _inject(faults: FaultPlan, number: int) -> None:
+def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
     if number in faults.raise_at:
         raise RuntimeError(f"injected fault in trial {number}")
     if number in faults.oom_at:
         raise torch.OutOfMemoryError(f"injected out-of-memory in trial {number}")
-    if number in faults.kill_worker_at:
+    if number in faults.kill_worker_at or (number in faults.kill_worker_once_at and attempt == 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1,
+def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
                    report: Callable[[dict], None] = lambda r: None) -> dict:
-    """Run one trial to its end and return its final result; every report carries the costs."""
+    """Run one trial to its end and return its final result; every report carries the costs.
+
+    Out of memory may be transient (a neighbour trial's peak on a shared GPU): it is retried once.
+    """
+    result = _attempt(spec, data, settings, number, attempt, report)
+    if result["status"] == "failed" and result["reason"].startswith("out of memory") and attempt == 1:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        result = _attempt(spec, data, settings, number, attempt + 1, report)
+    return result
+
+
+def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int, attempt: int,
+             report: Callable[[dict], None]) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
-    base: dict = {"number": number, "device": settings.device}
+    base: dict = {"number": number, "device": settings.device, "attempts": attempt}
     try:
-        _inject(settings.faults, number)
+        _inject(settings.faults, number, attempt)
         costs = measure_costs(spec, settings.device, runs=settings.latency_runs, threads=settings.threads).to_dict()
         base.update(costs)
         violated = settings.constraints.violations(costs)
