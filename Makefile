@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUDGET ?= 100
 
-.PHONY: search test test-slow bench clean
+.PHONY: search test test-slow bench bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_costs.py
+	$(PY) benchmarks/bench_trial.py
+	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/fidelity.py
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/search_quality.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

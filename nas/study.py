@@ -159,7 +159,7 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
 def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], device: str) -> dict[str, float]:
     """Twice the most expensive preset's cost, per cost, at the study size: the fixed HV reference."""
     inp = space.input
-    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), device, runs=30).to_dict()
+    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), device, runs=10).to_dict()
              for n in PRESET_NAMES]
     return {o.key: 2.0 * max(float(c[o.key]) for c in costs) for o in objectives if o.direction == "minimize"}
 
@@ -271,6 +271,8 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if not ray.is_initialized():
         kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count()}
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",

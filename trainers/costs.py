@@ -45,6 +45,7 @@ class LatencyStats:
     iqr_ms: float
     p10_ms: float
     p90_ms: float
+    min_ms: float
     runs: int
     device: str
     threads: int
@@ -161,7 +162,7 @@ def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmu
                 model(x)
                 times.append((time.perf_counter_ns() - t0) / 1e6)
     q = statistics.quantiles(times, n=20)  # 5 % steps: q[1] = p10, q[4] = p25, q[14] = p75, q[17] = p90
-    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], runs, device, threads)
+    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], min(times), runs, device, threads)
 
 
 def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> float:
