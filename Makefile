@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# --resume makes a second `make search` finish (or just re-report) the same study instead of
+# refusing the existing folder; `make search ARGS=--force` starts afresh.
 search: $(STAMP)
-	$(PY) -m nas.search --budget $(BUDGET)
+	$(PY) -m nas.search --budget $(BUDGET) --resume $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
