@@ -12,11 +12,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import optuna
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import sample_specs, save  # noqa: E402
 from nas.study import study_space  # noqa: E402
 from nas.trial import TrialSettings, evaluate_trial  # noqa: E402
 from trainers.data import load_data  # noqa: E402
@@ -30,16 +29,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     h, w = map(int, args.size.split("x"))
     data = load_data(None, h, w)
     space = study_space(data, h, w)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
-    for i in range(args.specs):
-        trial = study.ask()
-        spec = space.sample(trial)
-        study.tell(trial, 0.0)
+    for i, spec in enumerate(sample_specs(space, args.specs, args.seed)):
         r = evaluate_trial(spec, data, TrialSettings(epochs=args.epochs, threads=1), number=i)
         rows.append({"spec": spec.tag(), "status": r["status"], "trial_seconds": r["trial_seconds"],
                      "train_eval_seconds": r.get("train_seconds"), "miou": r.get("miou"), "gmacs": r.get("gmacs")})

@@ -7,6 +7,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from search_spaces import ArchSpec
+from search_spaces.space import SearchSpace
+
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 
 
@@ -22,3 +25,17 @@ def save(table: pd.DataFrame, name: str) -> Path:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nwrote {path}  ({machine()})")
     return path
+
+
+def sample_specs(space: SearchSpace, n: int, seed: int) -> list[ArchSpec]:
+    """`n` architectures drawn uniformly from the space (seeded), as a random-search baseline would."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    specs = []
+    for _ in range(n):
+        trial = study.ask()
+        specs.append(space.sample(trial))
+        study.tell(trial, 0.0)
+    return specs

@@ -13,11 +13,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import optuna
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import sample_specs, save  # noqa: E402
 from search_spaces import InputSpec  # noqa: E402
 from search_spaces.space import SearchSpace  # noqa: E402
 from trainers.costs import measure_costs  # noqa: E402
@@ -30,15 +29,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     h, w = map(int, args.size.split("x"))
     space = SearchSpace(InputSpec(height=h, width=w, num_classes=8))
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
-    for _ in range(args.nets):
-        trial = study.ask()
-        spec = space.sample(trial)
-        study.tell(trial, 0.0)
+    for spec in sample_specs(space, args.nets, args.seed):
         c = measure_costs(spec, runs=50)
         rows.append({"tag": spec.tag(), "gmacs": c.gmacs, "params": c.params, "latency_ms": c.latency_ms,
                      "latency_iqr_ms": c.latency_iqr_ms, "peak_mem_mb": c.peak_mem_mb})

@@ -1,9 +1,9 @@
 """Search quality: what each strategy finds per unit of compute, on the embedded data.
 
 Strategies, each with the same budget (trials, presets included) and seeds:
-  nsga2_es  NSGA-II + ASHA early stopping on mIoU (the default)
+  nsga2_es  NSGA-II + ASHA early stopping on mIoU (the first default)
   nsga2     NSGA-II, every trial trained to the end
-  tpe       multivariate TPE + early stopping
+  tpe       multivariate TPE + early stopping (the default since this benchmark)
   random    random sampling + early stopping
 
 Every hypervolume uses ONE fixed reference for all runs: losses 1 - mIoU and cost / scale with the

@@ -47,7 +47,7 @@ class SearchConfig:
     data: str | None = None
     height: int = 32
     width: int = 64
-    sampler: str = "nsga2"
+    sampler: str = "tpe"
     seed: int = 0
     early_stopping: bool = True
     presets: bool = True

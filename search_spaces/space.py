@@ -53,31 +53,6 @@ class Choice:
     def contains(self, value: Any) -> bool:
         return value in self.choices
 
-    def encode(self, spec: ArchSpec) -> dict[str, Any]:
-        """The parameters that decode to `spec`; SpecError if it is not a point of the space."""
-        schedules = {v: k for k, v in DILATION_SCHEDULES.items()}
-        values: dict[str, Any] = {"ratio": spec.ratio, "downsampler": spec.downsampler, "tvconv_from": spec.tvconv_from}
-        for i, st in enumerate(spec.stages, 1):
-            if st.dilations not in schedules:
-                raise SpecError(f"stages[{i - 1}].dilations", list(st.dilations), f"one of {list(DILATION_SCHEDULES.values())}")
-            values.update({f"stage{i}.width": st.width, f"stage{i}.depth": st.depth, f"stage{i}.core": st.core,
-                           f"stage{i}.kernel": st.kernel, f"stage{i}.dilations": schedules[st.dilations],
-                           f"stage{i}.dropout": st.dropout})
-            if st.core == "eda":
-                values[f"stage{i}.growth"] = st.growth
-        kind = spec.decoder.kind
-        values["decoder.kind"] = kind
-        if kind == "erfnet":
-            values["decoder.erfnet_blocks"] = spec.decoder.blocks
-        else:
-            values[f"decoder.{kind}_width"] = spec.decoder.width
-        for p in self.active_params(values):
-            if not p.contains(values[p.name]):
-                raise SpecError(p.name, values[p.name], f"a value in {p.describe()} (not a point of the space)")
-        if self.decode(values) != dataclasses.replace(spec, name=""):
-            raise SpecError("spec", spec.tag(), "a spec that the space can represent exactly")
-        return values
-
     def describe(self) -> str:
         return "{" + ", ".join(map(str, self.choices)) + "}"
 
@@ -102,31 +77,6 @@ class IntRange:
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, int) and self.low <= value <= self.high
-
-    def encode(self, spec: ArchSpec) -> dict[str, Any]:
-        """The parameters that decode to `spec`; SpecError if it is not a point of the space."""
-        schedules = {v: k for k, v in DILATION_SCHEDULES.items()}
-        values: dict[str, Any] = {"ratio": spec.ratio, "downsampler": spec.downsampler, "tvconv_from": spec.tvconv_from}
-        for i, st in enumerate(spec.stages, 1):
-            if st.dilations not in schedules:
-                raise SpecError(f"stages[{i - 1}].dilations", list(st.dilations), f"one of {list(DILATION_SCHEDULES.values())}")
-            values.update({f"stage{i}.width": st.width, f"stage{i}.depth": st.depth, f"stage{i}.core": st.core,
-                           f"stage{i}.kernel": st.kernel, f"stage{i}.dilations": schedules[st.dilations],
-                           f"stage{i}.dropout": st.dropout})
-            if st.core == "eda":
-                values[f"stage{i}.growth"] = st.growth
-        kind = spec.decoder.kind
-        values["decoder.kind"] = kind
-        if kind == "erfnet":
-            values["decoder.erfnet_blocks"] = spec.decoder.blocks
-        else:
-            values[f"decoder.{kind}_width"] = spec.decoder.width
-        for p in self.active_params(values):
-            if not p.contains(values[p.name]):
-                raise SpecError(p.name, values[p.name], f"a value in {p.describe()} (not a point of the space)")
-        if self.decode(values) != dataclasses.replace(spec, name=""):
-            raise SpecError("spec", spec.tag(), "a spec that the space can represent exactly")
-        return values
 
     def describe(self) -> str:
         return f"[{self.low}, {self.high}]"
