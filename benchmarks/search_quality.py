@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
-from nas.pareto import counted_trials, hypervolume, losses  # noqa: E402
+from nas.pareto import counted_trials, hypervolume_history  # noqa: E402
 from nas.search import build_parser, config_from_args, search  # noqa: E402
 
 STRATEGIES = {
@@ -53,12 +53,9 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int) -> tuple[
 
 def hv_curve(study: optuna.Study, start: float, scales: dict, objectives) -> pd.DataFrame:
     """Hypervolume after each finished trial, against wall-clock seconds since the search began."""
-    rows, pts = [], []
-    for t in sorted(counted_trials(study), key=lambda t: t.datetime_complete):
-        if t.state == optuna.trial.TrialState.COMPLETE:
-            pts.append(losses(t.values, objectives, scales))
-        rows.append({"seconds": t.datetime_complete.timestamp() - start, "hypervolume": hypervolume(pts)})
-    return pd.DataFrame(rows)
+    trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
+    return pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
+                         "hypervolume": hypervolume_history(trials, objectives, scales)})
 
 
 def plot(curves: pd.DataFrame, path: Path) -> None:

@@ -73,10 +73,11 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.number)
 
 
-def hypervolume_history(study: optuna.Study, objectives: Sequence[Objective], scales: dict[str, float]) -> list[float]:
-    """Hypervolume of the front after each counted trial, in trial-number order."""
+def hypervolume_history(trials: Iterable[optuna.trial.FrozenTrial], objectives: Sequence[Objective],
+                        scales: dict[str, float]) -> list[float]:
+    """Hypervolume of the front after each of these trials, in the order given."""
     history, pts = [], []
-    for t in counted_trials(study):
+    for t in trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             pts.append(losses(t.values, objectives, scales))
         history.append(hypervolume(pts))

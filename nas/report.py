@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import yaml
 
-from .pareto import Objective, front_trials, hypervolume_history, pick, trial_spec, trials_table
+from .pareto import Objective, counted_trials, front_trials, hypervolume_history, pick, trial_spec, trials_table
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -42,7 +42,7 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     if front:
         atomic_write(run_dir / "best.yaml", trial_spec(pick(front, objectives, how)).to_yaml())
     atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, "hypervolume_scales": scales}, sort_keys=False))
-    history = hypervolume_history(study, objectives, scales)
+    history = hypervolume_history(counted_trials(study), objectives, scales)
     plots = plot_fronts(run_dir, table, numbers, objectives) + [plot_hypervolume(run_dir, history)]
     write_html(run_dir, front_table, plots, config, history)
     return front_table

@@ -3,7 +3,6 @@ import dataclasses
 import warnings
 
 import pytest
-import torch
 
 from search_spaces import build_model, load_preset
 from search_spaces.spec import CORES, DECODERS, DOWNSAMPLERS

@@ -57,6 +57,7 @@ class FitResult:
     eval_seconds: float = 0.0
     stopped_early: bool = False
     peak_train_mem_mb: float | None = None
+    model: nn.Module | None = None  # the trained network, in eval mode
 
     @property
     def miou(self) -> float:
@@ -150,8 +151,7 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
             break
     if use_amp:
         result.peak_train_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    model.eval()
-    result.model = model  # type: ignore[attr-defined]
+    result.model = model.eval()
     return result
 
 
