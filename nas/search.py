@@ -157,7 +157,8 @@ def search(cfg: st.SearchConfig) -> int:
         fresh = len(study.trials) == 0
         if not fresh and not cfg.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")
-        requeued = st.requeue_interrupted(study)
+        st.check_resumable(study, cfg, data)
+        requeued = st.recover_stale_trials(study, cfg.owner, private=cfg.storage is None)
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
         if cfg.presets:

@@ -5,14 +5,19 @@ outcome; Ray Tune runs the trials in parallel with per-trial resources and stops
 early (ASHA on mIoU per epoch). Early-stopped and infeasible trials are told to Optuna as PRUNED,
 so the multi-objective sampler never takes them for finished results and they never sit on the
 front; failures are FAIL with their reason. Resume works from the study alone: trials left
-RUNNING by a killed driver are marked interrupted and re-queued with the same parameters.
+RUNNING by a killed driver are marked interrupted and re-queued with the same parameters. The
+driver beats Optuna's storage heartbeat for every trial in flight, so on a database shared by
+several searches only the trials whose driver has stopped beating are taken for dead.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
+import socket
+import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +36,8 @@ from .pareto import COUNTED, Objective, counted_trials
 from .trial import TrialSettings, evaluate_trial
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
+HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
+GRACE_S = 60  # a RUNNING trial whose heartbeat is older than this belongs to a dead driver
 
 
 class RunFolderError(RuntimeError):
@@ -68,6 +75,24 @@ class SearchConfig:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
+
+    @property
+    def owner(self) -> str:
+        """Names the driver of a trial: only one driver at a time holds this run folder's lock."""
+        return f"{socket.gethostname()}:{self.run_dir.resolve()}"
+
+    def trial_meaning(self, data: SegData) -> dict[str, str]:
+        """The settings that decide what a trial's numbers mean; a resumed study must keep them."""
+        s, c = self.settings, self.settings.constraints
+        source = "streets (embedded)" if self.data in (None, "", "streets") else str(Path(self.data).resolve())
+        limits = ", ".join(f"{k} <= {v:g}" for k, v in asdict(c).items() if v is not None) or "none"
+        return {
+            "data": f"{source} ({len(data.train)} train / {len(data.val)} val images, {data.info.num_classes} classes)",
+            "size": f"{self.height}x{self.width}", "epochs": str(s.epochs),
+            "early stopping": "on" if self.early_stopping else "off",
+            "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
+            "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
+        }
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -121,7 +146,10 @@ def _lock_or_refuse(run_dir: Path):
 # --- the study -----------------------------------------------------------------------------------
 def open_study(cfg: SearchConfig) -> optuna.Study:
     try:
-        storage = optuna.storages.RDBStorage(cfg.storage_url)
+        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+            warnings.simplefilter("ignore")
+            storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                 heartbeat_stale_trial_callback=_requeue)
     except Exception as exc:
         raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
     study = optuna.create_study(
@@ -134,16 +162,71 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     return study
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials a killed driver left RUNNING: mark them interrupted (not counted) and queue them again."""
+def check_resumable(study: optuna.Study, cfg: SearchConfig, data: SegData) -> None:
+    """Refuse to mix trials of different meaning into one study; remember the meaning otherwise."""
+    now = cfg.trial_meaning(data)
+    then = study.user_attrs.get("trial_meaning")
+    if then is None:
+        study.set_user_attr("trial_meaning", now)
+        return
+    diffs = [f"{k}: {then.get(k, 'unset')} then, {v} now" for k, v in now.items() if then.get(k) != v]
+    if diffs:
+        raise RunFolderError(f"--resume: study {cfg.study!r} was run with other settings ({'; '.join(diffs)}); "
+                             "resume with the same settings, or give another --study or --force")
+
+
+def recover_stale_trials(study: optuna.Study, owner: str, private: bool) -> int:
+    """Re-queue the RUNNING trials whose driver is dead; returns how many.
+
+    This driver's own earlier trials (same run folder, whose lock it now holds) are dead for sure,
+    and so is every unowned trial of the run folder's `private` database. Any other driver's trial
+    is dead only once its heartbeat is older than GRACE_S: a second live search on the same
+    database keeps beating, so its trials are never touched.
+    """
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
-        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
-        n += 1
-    return n
+        if t.user_attrs.get("owner", owner if private else None) == owner:
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            _requeue(study, t)
+            n += 1
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)  # calls _requeue for each
+    return n + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+
+
+def _requeue(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Queue an interrupted trial again with the same parameters. The FAILed original is not
+    counted: it never got a status (or, when this driver fails its own, is marked interrupted)."""
+    attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
+    study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+
+
+class Heartbeat:
+    """Beats Optuna's storage heartbeat for the trials this driver has in flight, from a thread."""
+
+    def __init__(self, study: optuna.Study, in_flight: dict):
+        self.study, self.in_flight = study, in_flight
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="study-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            for trial in list(self.in_flight.values()):
+                try:
+                    self.study._storage.record_heartbeat(trial._trial_id)
+                except Exception:  # a busy database skips one beat; the grace period covers several
+                    pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
@@ -184,7 +267,8 @@ def _asha(epochs: int, early_stopped: set[str]):
 
 
 # --- Ray Tune wiring -------------------------------------------------------------------------------
-def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str]):
+def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str],
+                  owner: str):
     from ray.tune.search import Searcher
 
     class OptunaStudySearcher(Searcher):
@@ -195,12 +279,16 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             self.trials: dict[str, optuna.Trial] = {}
 
         def suggest(self, trial_id: str) -> dict | None:
-            trial = study.ask()
+            with warnings.catch_warnings():  # "heartbeat is meant for optimize()": this driver beats itself
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
             spec = space.sample(trial)
             preset = trial.user_attrs.get("preset")
             if preset:
                 spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
             trial.set_user_attr("spec", spec.to_dict())
+            trial.set_user_attr("owner", owner)
+            study._storage.record_heartbeat(trial._trial_id)  # beating before anyone can see it RUNNING
             self.trials[trial_id] = trial
             return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or ""}
 
@@ -244,7 +332,8 @@ def _trainable(config: dict, data: SegData) -> None:
     settings = TrialSettings.from_dict(config["settings"])
     spec = ArchSpec.from_dict(config["spec"])
     attempt = next_attempt(Path(config["run_dir"]), config["number"])
-    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report)
+    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report,
+                            shared_dir=config["run_dir"])
     if result["status"] != "complete":
         tune.report({"miou": 0.0, **result})
 
@@ -280,18 +369,20 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
     early_stopped: set[str] = set()
+    searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
     scheduler = _asha(cfg.settings.epochs, early_stopped) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
     trainable = tune.with_resources(tune.with_parameters(_trainable, data=data),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space={"settings": cfg.settings.to_dict(), "run_dir": str(cfg.run_dir.resolve())},
-        tune_config=tune.TuneConfig(search_alg=_ray_searcher(study, space, cfg.objectives, early_stopped), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
                                   verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=1)),
     )
-    tuner.fit()
+    with Heartbeat(study, searcher.trials):
+        tuner.fit()
 
 
 def _gpu_count() -> int:

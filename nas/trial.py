@@ -79,21 +79,24 @@ def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
 
 
 def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
-                   report: Callable[[dict], None] = lambda r: None) -> dict:
+                   report: Callable[[dict], None] = lambda r: None, shared_dir: str | None = None) -> dict:
     """Run one trial to its end and return its final result; every report carries the costs.
+
+    `shared_dir` is the search's run folder, where trials share what they would otherwise each
+    recompute (DUpsampling's reconstruction matrix).
 
     Out of memory may be transient (a neighbour trial's peak on a shared GPU): it is retried once.
     """
-    result = _attempt(spec, data, settings, number, attempt, report)
+    result = _attempt(spec, data, settings, number, attempt, report, shared_dir)
     if result["status"] == "failed" and result["reason"].startswith("out of memory") and attempt == 1:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        result = _attempt(spec, data, settings, number, attempt + 1, report)
+        result = _attempt(spec, data, settings, number, attempt + 1, report, shared_dir)
     return result
 
 
 def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int, attempt: int,
-             report: Callable[[dict], None]) -> dict:
+             report: Callable[[dict], None], shared_dir: str | None) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     base: dict = {"number": number, "device": settings.device, "attempts": attempt}
@@ -106,7 +109,7 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
             return {**base, "status": "infeasible", "reason": "; ".join(violated), "epoch": 0,
                     "trial_seconds": time.perf_counter() - start}
         cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                          seed=settings.seed, device=settings.device)
+                          seed=settings.seed, device=settings.device, shared_dir=shared_dir)
         train_start = time.perf_counter()
 
         def on_epoch(rec) -> None:

@@ -98,3 +98,81 @@ def test_cityscapes_layout_is_detected(tmp_path):
         Image.fromarray(np.full((16, 32), 18, np.uint8)).save(tmp_path / "gtFine" / split / "aachen" / "x_000001_gtFine_labelTrainIds.png")
     data = load_data(str(tmp_path), 16, 32)
     assert data.info.name == "cityscapes" and data.info.num_classes == 19
+
+
+def make_ignore_folder(root, ignore, names=("a", "b", "c")):
+    """Masks with a left half of the first class id, a right half of the last, an ignored band."""
+    ids = [i for i in range(256) if i != ignore][:len(names)]  # the documented id convention
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": list(names), "ignore_index": ignore}))
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(6):
+            mask = np.full((32, 32), ids[0], np.uint8)
+            mask[:, 16:] = ids[-1]
+            mask[:4] = ignore
+            img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            img[..., 16:, 0] = 250  # the right half is red: learnable
+            Image.fromarray(img).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("ignore", [254, 0])
+@pytest.mark.parametrize("decoder", ["bilinear", "dupsample"])
+def test_any_ignore_index_trains_end_to_end(tmp_path, ignore, decoder):
+    from helpers import tiny_spec
+    from trainers.train import TrainConfig, evaluate, fit
+
+    data = load_data(str(make_ignore_folder(tmp_path, ignore)), 32, 32)
+    m = data.val.masks
+    # ignored pixels carry the one internal ignore value; class ids map to 0..C-1
+    assert data.info.ignore_index == 255 and data.info.source_ignore_index == ignore
+    assert (m[:, :4] == 255).all() and (m[:, 4:, :16] == 0).all() and (m[:, 4:, 16:] == 2).all()
+    spec = tiny_spec(decoder=decoder, num_classes=3)
+    result = fit(spec, data, TrainConfig(epochs=1, batch_size=4))
+    assert 0 <= result.miou <= 1
+    # evaluation leaves ignored pixels out: a perfect prediction elsewhere scores 1
+    class Oracle(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 3, 32, 32)
+            out[:, 0, :, :16] = 1
+            out[:, 2, :, 16:] = 1
+            return out
+    assert evaluate(Oracle(), data.val, 3, data.info.ignore_index).miou == 1.0
+
+
+def test_ignore_index_zero_names_the_class_ids_in_errors(tmp_path):
+    root = make_ignore_folder(tmp_path, 0)
+    Image.fromarray(np.full((32, 32), 4, np.uint8)).save(root / "masks" / "val" / "0.png")
+    with pytest.raises(DataError, match=r"mask id 4 is not a class id \(1\.\.3\) nor the ignore index 0"):
+        load_data(str(root), 32, 32)
+
+
+@pytest.mark.parametrize("value", ["x", -1, 256, True])
+def test_bad_ignore_index_is_one_line(tmp_path, value):
+    root = make_folder(tmp_path)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["a", "b", "c"], "ignore_index": value}))
+    with pytest.raises(DataError, match="ignore_index .* must be an integer in \\[0, 255\\]"):
+        load_data(str(root), 16, 32)
+
+
+def test_a_dataset_too_big_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    import trainers.data as data_module
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
+    # 4 images x (3 + 1) bytes x 16 x 32 = 8,192 bytes > 80 % of 10,000
+    with pytest.raises(DataError, match=r"4 images at 16x32 need .* GiB in memory .* use a smaller --size"):
+        load_data(str(make_folder(tmp_path)), 16, 32)
+
+
+def test_a_split_pickles_its_arrays_out_of_band():
+    """Ray's serializer keeps out-of-band buffers in its shared object store: trials map one copy."""
+    import pickle
+    data = load_data(None, 32, 64, seed=0, n_train=12, n_val=4)
+    buffers = []
+    payload = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    assert sum(b.raw().nbytes for b in buffers) == data.train.nbytes + data.val.nbytes == 16 * 4 * 32 * 64
+    assert len(payload) < 4096  # only the metadata travels in band
+    back = pickle.loads(payload, buffers=buffers)
+    assert torch.equal(back.train.images, data.train.images) and torch.equal(back.val.masks, data.val.masks)

@@ -55,3 +55,81 @@ def test_decoder_fit_installs_the_basis_and_the_net_still_runs():
     model.decoder.fit([street_label(shift=s) for s in range(4)])
     assert not torch.equal(before, model.decoder.basis)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+
+
+def test_small_label_sets_give_the_exact_pca_of_all_patches():
+    """Below the sample cap every patch is kept: the basis spans numpy's top singular subspace."""
+    import numpy as np
+    from search_spaces.blocks import dupsample
+    labels = [street_label(shift=s) for s in range(6)]
+    n = 8
+    basis, mean = fit_reconstruction(iter(labels), num_classes=4, ratio=1, n=n)  # a one-pass stream
+    y = np.concatenate([label_patches(lab, 4, 1).numpy() for lab in labels]).astype(np.float64)
+    assert len(y) < dupsample.MAX_PATCHES
+    _, _, vt = np.linalg.svd(y - y.mean(0), full_matrices=False)
+    ref = vt[:n].T
+    np.testing.assert_allclose(mean.numpy(), y.mean(0), atol=1e-6)
+    # same subspace: projecting one basis onto the other loses nothing
+    np.testing.assert_allclose(np.linalg.norm(ref.T @ basis.numpy().astype(np.float64), axis=0), 1.0, atol=1e-4)
+
+
+def test_reservoir_sample_is_seeded_and_uniform_over_maps():
+    from search_spaces.blocks.dupsample import sample_patches
+    # 40 maps, each a single class id (its index): every map must be sampled in proportion
+    maps = [torch.full((64, 64), i, dtype=torch.uint8) for i in range(40)]
+    a = sample_patches(iter(maps), ratio=1, k=2000, seed=3)
+    b = sample_patches(iter(maps), ratio=1, k=2000, seed=3)
+    c = sample_patches(iter(maps), ratio=1, k=2000, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    counts = torch.bincount(a[:, 0].long(), minlength=40)  # 64 patches per map, 2,560 in all
+    assert a.shape == (2000, 64) and counts.sum() == 2000
+    # binomial(64, 2000/2560): mean 50, sd 3.3; a first-come or last-come sample would fail this
+    assert counts.min() > 30 and counts.max() < 64
+
+
+def _fit_peak_rss_mb(n_maps: int, q) -> None:
+    """Child process: fit on n_maps generated 512x1024 label maps; report peak RSS growth (MB)."""
+    import resource
+    from search_spaces.blocks import fit_reconstruction
+
+    def maps():
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(n_maps):  # blocky street-like layouts with ignored pixels, made on the fly
+            grid = torch.randint(0, 19, (16, 32), generator=gen, dtype=torch.uint8)
+            grid[0, :4] = 255
+            yield grid.repeat_interleave(32, 0).repeat_interleave(32, 1)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        fit_reconstruction(maps(), num_classes=19, ratio=1, n=64)
+        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    except MemoryError:
+        q.put(float("inf"))
+
+
+def _peak_in_child(n_maps: int) -> float:
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_limited, args=(n_maps, q))
+    p.start()
+    p.join(600)
+    return q.get(timeout=5) if p.exitcode == 0 else float("inf")
+
+
+def _limited(n_maps, q):
+    import resource
+    # a fit that grows with the data set dies here instead of exhausting the machine
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        vm = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 3 * 2**30, hard))
+    _fit_peak_rss_mb(n_maps, q)
+
+
+def test_fit_memory_stays_flat_from_100_to_3000_label_maps_at_512x1024():
+    small, large = _peak_in_child(100), _peak_in_child(3000)
+    # the 20,000-patch sample at 1,216 dimensions is ~100 MB in float32; 3,000 whole maps of
+    # patches would be ~120 GB
+    assert large < 400, large
+    assert large - small < 50, (small, large)

@@ -159,3 +159,38 @@ def generate_split(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, np.nd
         images[i] = np.round(img.transpose(2, 0, 1) * 255)
         labels[i] = lab
     return images, labels
+
+
+# Cityscapes train ids of the street classes, for writing the scenes in Cityscapes' layout.
+CITYSCAPES_TRAIN_ID = {ROAD: 0, SIDEWALK: 1, BUILDING: 2, POLE: 5, VEGETATION: 8, SKY: 10, PERSON: 11, CAR: 13}
+
+
+def write_cityscapes_layout(root, n_train: int, n_val: int, height: int, width: int, seed: int = 0,
+                            ego_rows: float = 0.06) -> None:
+    """Write generated scenes as a Cityscapes-layout dataset (`leftImg8bit/`, `gtFine/*_labelTrainIds.png`).
+
+    The bottom `ego_rows` of every frame is the ego vehicle's bonnet, ignored (255) as in
+    Cityscapes, so the ignore path is exercised at real sizes without shipping real data.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    lut = np.full(256, 255, np.uint8)
+    lut[list(CITYSCAPES_TRAIN_ID)] = list(CITYSCAPES_TRAIN_ID.values())
+    rng = np.random.default_rng(seed)
+    ego = int(round(ego_rows * height))
+    for split, n in (("train", n_train), ("val", n_val)):
+        images, masks = Path(root) / "leftImg8bit" / split / "synth", Path(root) / "gtFine" / split / "synth"
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, lab = generate_scene(rng, height, width)
+            img = np.round(img * 255).astype(np.uint8)
+            lab = lut[lab]
+            if ego:
+                img[-ego:] = (img[-ego:] * 0.2).astype(np.uint8)
+                lab[-ego:] = 255
+            stem = f"synth_{i:06d}_000019"
+            Image.fromarray(img).save(images / f"{stem}_leftImg8bit.png")
+            Image.fromarray(lab).save(masks / f"{stem}_gtFine_labelTrainIds.png")

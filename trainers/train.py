@@ -1,7 +1,9 @@
 """Training: `fit(spec, data, config)` trains one network and reports validation mIoU per epoch."""
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import ArchSpec, build_model
-from search_spaces.blocks.dupsample import DUpsamplingDecoder
+from search_spaces.blocks.dupsample import DUpsamplingDecoder, fit_reconstruction
 
 from .data import SegData, Split, augment, to_float
 from .metrics import SegMetrics, confusion_matrix
@@ -33,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # CPU threads for this training; None keeps torch's setting
+    shared_dir: str | None = None  # where a search keeps what its trials share (DUpsampling's W)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("poly", "cosine"):
@@ -85,13 +88,36 @@ def evaluate(model: nn.Module, split: Split, num_classes: int, ignore_index: int
     return SegMetrics.from_confusion(cm)
 
 
-def prepare_model(spec: ArchSpec, data: SegData, seed: int) -> nn.Module:
-    """Seeded initialisation; DUpsampling's W fitted on this data's training labels."""
+def prepare_model(spec: ArchSpec, data: SegData, seed: int, shared_dir: str | Path | None = None) -> nn.Module:
+    """Seeded initialisation; DUpsampling's W fitted on this data's training labels.
+
+    With `shared_dir` (a search's run folder) each (ratio, N) is fitted once and read back by
+    every later trial; a file lock makes concurrent trials wait for the first fit, not repeat it.
+    """
     torch.manual_seed(seed)
     model = build_model(spec)
     if isinstance(model.decoder, DUpsamplingDecoder):
-        model.decoder.fit(data.train.masks, ignore_index=data.info.ignore_index, seed=seed)
+        d = model.decoder
+        args = (data.train.masks, d.num_classes, d.ratio, d.n, data.info.ignore_index, seed)
+        d.set_reconstruction(*(shared_reconstruction(Path(shared_dir), *args) if shared_dir else fit_reconstruction(*args)))
     return model
+
+
+def shared_reconstruction(folder: Path, labels, num_classes: int, ratio: int, n: int, ignore_index: int,
+                          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DUpsampling's W for this (ratio, N), fitted once into `folder` and shared from there."""
+    folder = folder / "dupsample"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"r{ratio}_n{n}_c{num_classes}_seed{seed}.pt"
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            basis, mean = fit_reconstruction(labels, num_classes, ratio, n, ignore_index, seed)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            torch.save({"basis": basis, "mean": mean}, tmp)
+            tmp.replace(path)
+    saved = torch.load(path, weights_only=True)
+    return saved["basis"], saved["mean"]
 
 
 def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
@@ -104,7 +130,7 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     if config.threads:
         torch.set_num_threads(config.threads)
     device, info = config.device, data.info
-    model = (model or prepare_model(spec, data, config.seed)).to(device)
+    model = (model or prepare_model(spec, data, config.seed, config.shared_dir)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)

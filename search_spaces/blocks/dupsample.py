@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,22 +20,65 @@ from ..registry import register_decoder
 from .common_decoder import DecoderArgs
 from .decoders import UPSAMPLE
 
-MAX_PATCHES = 20_000  # PCA on a seeded subsample; enough for a stable top-N basis
+MAX_PATCHES = 20_000  # PCA on a seeded sample; enough for a stable top-N basis
+# Cap on patches x patch dimension held as floats (256 MB in float32): at ratio 4 a patch has
+# 32*32*classes dimensions, so fewer patches are kept there and memory never grows with D or data.
+MAX_SAMPLE_VALUES = 2**26
 EXACT_PCA_MAX_DIM = 2048  # above this patch dimension, use a randomized low-rank SVD
 
 
-def label_patches(label: torch.Tensor, num_classes: int, ratio: int, ignore_index: int = 255) -> torch.Tensor:
-    """(P, D) one-hot patch vectors of one (H, W) label map, in the decoder's output channel order.
+def _pixel_patches(label: torch.Tensor, ratio: int) -> torch.Tensor:
+    """(P, Q) class ids of one (H, W) label map's patches, Q = (8 ratio)^2 pixels in decoder order.
 
     The decoder's output goes through pixel_shuffle(8), then the model's pixel_shuffle(ratio); the
-    inverse of that composition applied to the one-hot map gives each patch's target vector.
-    Ignored pixels are all-zero.
+    inverse of that composition gives each patch's pixels in the order of its output channels.
     """
-    valid = label != ignore_index
-    onehot = F.one_hot(torch.where(valid, label, 0).long(), num_classes).permute(2, 0, 1).float()
-    onehot = onehot * valid.unsqueeze(0)
-    patches = F.pixel_unshuffle(F.pixel_unshuffle(onehot.unsqueeze(0), ratio), UPSAMPLE)
-    return patches.flatten(2).squeeze(0).T
+    x = F.pixel_unshuffle(F.pixel_unshuffle(label[None, None], ratio), UPSAMPLE)
+    return x.flatten(2)[0].T
+
+
+def _one_hot_patches(pixels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(P, Q) class ids -> (P, classes * Q) one-hot vectors (class-major); ignored pixels all-zero."""
+    valid = pixels != ignore_index
+    onehot = torch.zeros(len(pixels), num_classes, pixels.shape[1])  # float32 from the start: no int64 copy
+    onehot.scatter_(1, torch.where(valid, pixels, 0).long().unsqueeze(1), valid.float().unsqueeze(1))
+    return onehot.flatten(1)
+
+
+def label_patches(label: torch.Tensor, num_classes: int, ratio: int, ignore_index: int = 255) -> torch.Tensor:
+    """(P, D) one-hot patch vectors of one (H, W) label map, in the decoder's output channel order."""
+    return _one_hot_patches(_pixel_patches(label, ratio), num_classes, ignore_index)
+
+
+def sample_patches(labels: Iterable[torch.Tensor], ratio: int, k: int, seed: int = 0) -> torch.Tensor:
+    """A uniform, seeded sample of at most `k` pixel patches from a stream of label maps.
+
+    Reservoir sampling (Algorithm R, one map at a time): memory is the k-patch reservoir plus one
+    map's patches, whatever the number of maps; time is linear in it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    reservoir: torch.Tensor | None = None
+    seen = 0
+    for label in labels:
+        pix = _pixel_patches(torch.as_tensor(label), ratio)
+        if reservoir is None:
+            reservoir = torch.empty((k, pix.shape[1]), dtype=pix.dtype)
+        m = len(pix)
+        fill = min(max(k - seen, 0), m)
+        reservoir[seen:seen + fill] = pix[:fill]
+        if fill < m:  # patch number g (0-based) replaces a random slot with probability k / (g + 1)
+            g = torch.arange(seen + fill, seen + m, dtype=torch.float64)
+            slot = (torch.rand(len(g), generator=gen, dtype=torch.float64) * (g + 1)).long()
+            src = torch.arange(fill, m)
+            keep = slot < k
+            slot, src = slot[keep].numpy(), src[keep].numpy()
+            # several patches of one map may draw one slot: the last wins, as in the sequential rule
+            last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]
+            reservoir[torch.from_numpy(slot[last])] = pix[torch.from_numpy(src[last])]
+        seen += m
+    if reservoir is None or seen == 0:
+        raise ValueError("fit_reconstruction needs at least one label map")
+    return reservoir[:min(seen, k)]
 
 
 def fit_reconstruction(labels: Iterable[torch.Tensor], num_classes: int, ratio: int, n: int,
@@ -43,25 +87,25 @@ def fit_reconstruction(labels: Iterable[torch.Tensor], num_classes: int, ratio: 
 
     Reconstruction of a patch y from its code z is `basis @ z + mean`; the best code is
     `basis.T @ (y - mean)`, and no linear map of that shape reconstructs the patches with less
-    squared error (Eckart-Young).
+    squared error (Eckart-Young). The label maps are streamed; peak memory is bounded by
+    MAX_SAMPLE_VALUES, not by the dataset.
     """
-    y = torch.cat([label_patches(lab, num_classes, ratio, ignore_index) for lab in labels]).double()
-    if len(y) == 0:
-        raise ValueError("fit_reconstruction needs at least one label map")
-    gen = torch.Generator().manual_seed(seed)
-    if len(y) > MAX_PATCHES:
-        y = y[torch.randperm(len(y), generator=gen)[:MAX_PATCHES]]
+    dim = num_classes * (UPSAMPLE * ratio) ** 2
+    k = max(1, min(MAX_PATCHES, MAX_SAMPLE_VALUES // dim))
+    y = _one_hot_patches(sample_patches(labels, ratio, k, seed), num_classes, ignore_index)
     mean = y.mean(0)
-    yc = y - mean
-    dim = y.shape[1]
+    y -= mean
     q = min(n, dim, len(y))
     if dim <= EXACT_PCA_MAX_DIM:
-        _, vecs = torch.linalg.eigh(yc.T @ yc)
+        cov = torch.zeros(dim, dim, dtype=torch.float64)
+        for chunk in y.split(4096):  # float64 accumulation without a float64 copy of the sample
+            cov += chunk.T.double() @ chunk.double()
+        _, vecs = torch.linalg.eigh(cov)
         top = vecs[:, -q:].flip(1)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            _, _, v = torch.svd_lowrank(yc, q=q, niter=6)
+            _, _, v = torch.svd_lowrank(y, q=q, niter=6)
         top = v[:, :q]
     basis = torch.zeros(dim, n, dtype=torch.float64)
     basis[:, :q] = top  # fewer patches than N: the spare codes are unused
@@ -84,7 +128,11 @@ class DUpsamplingDecoder(nn.Module):
     @torch.no_grad()
     def fit(self, labels: Iterable[torch.Tensor], ignore_index: int = 255, seed: int = 0) -> None:
         """Replace W by the PCA basis of these (H, W) training label maps."""
-        basis, mean = fit_reconstruction(labels, self.num_classes, self.ratio, self.n, ignore_index, seed)
+        self.set_reconstruction(*fit_reconstruction(labels, self.num_classes, self.ratio, self.n, ignore_index, seed))
+
+    @torch.no_grad()
+    def set_reconstruction(self, basis: torch.Tensor, mean: torch.Tensor) -> None:
+        """Install a fitted W (e.g. one fitted once per search and shared by its trials)."""
         self.basis.copy_(basis)
         self.mean.copy_(mean)
 
