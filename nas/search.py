@@ -170,7 +170,8 @@ def search(cfg: st.SearchConfig) -> int:
         print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run -> {run_dir}")
         try:
             if remaining:
-                st.run_trials(cfg, study, space, data, remaining, [progress.ray_callback()])
+                data, data_ref = st.share_data(cfg, data)  # the driver's own copy is freed here
+                st.run_trials(cfg, study, space, data_ref, remaining, [progress.ray_callback()])
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
             front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick)

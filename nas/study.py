@@ -338,6 +338,48 @@ def _trainable(config: dict, data: SegData) -> None:
         tune.report({"miou": 0.0, **result})
 
 
+def _shared_trainable(data_ref):
+    """The trainable, holding only a reference to the data set in Ray's object store: every trial
+    on a node maps that one copy (NumPy buffers are read zero-copy) instead of receiving its own."""
+
+    def trainable(config: dict) -> None:
+        import ray
+
+        _trainable(config, ray.get(data_ref))
+
+    return trainable
+
+
+def share_data(cfg: SearchConfig, data: SegData) -> tuple[SegData, object]:
+    """Move the data set into Ray's object store; returns the driver's zero-copy view and its ref.
+
+    The caller drops its own copy for the view, so a node holds the data set once, not once for
+    the driver and once for the trials.
+    """
+    import ray
+
+    start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)
+    ref = ray.put(data)
+    return ray.get(ref), ref
+
+
+def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if ray.is_initialized():
+        return
+    kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count()}
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if not cfg.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
+        kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+
+
 def next_attempt(run_dir: Path, number: int) -> int:
     """Count this trial's attempts (a worker that died is retried once) with marker files."""
     folder = run_dir / "attempts"
@@ -351,28 +393,20 @@ def next_attempt(run_dir: Path, number: int) -> int:
             attempt += 1
 
 
-def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, n: int,
+def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_ref, n: int,
                callbacks: list) -> None:
-    """Run `n` more trials through Ray Tune."""
+    """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store."""
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    if not ray.is_initialized():
-        kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count()}
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+    start_ray(cfg)
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
     early_stopped: set[str] = set()
     searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
     scheduler = _asha(cfg.settings.epochs, early_stopped) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
-    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data),
-                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space={"settings": cfg.settings.to_dict(), "run_dir": str(cfg.run_dir.resolve())},
