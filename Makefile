@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_trial.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/fidelity.py
+	$(PY) benchmarks/bench_data.py
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/search_quality.py

@@ -176,3 +176,8 @@ def test_a_split_pickles_its_arrays_out_of_band():
     assert len(payload) < 4096  # only the metadata travels in band
     back = pickle.loads(payload, buffers=buffers)
     assert torch.equal(back.train.images, data.train.images) and torch.equal(back.val.masks, data.val.masks)
+
+
+def test_a_single_training_image_is_refused(tmp_path):
+    with pytest.raises(DataError, match="1 training image; training needs at least 2"):
+        load_data(str(make_folder(tmp_path, n=1)), 16, 32)

@@ -277,6 +277,8 @@ def load_cityscapes(root: Path, height: int, width: int) -> SegData:
 
 
 def _load_splits(source: str, info: DatasetInfo, pairs: dict[str, list], height: int, width: int) -> SegData:
+    if len(pairs["train"]) < 2:
+        raise DataError(f"--data {source}: {len(pairs['train'])} training image; training needs at least 2 (BatchNorm)")
     check_fits_in_memory(source, sum(map(len, pairs.values())), info.in_channels, height, width)
     return SegData(info, _load_split(pairs["train"], info, height, width), _load_split(pairs["val"], info, height, width))
 
