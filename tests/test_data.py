@@ -94,8 +94,9 @@ def test_cityscapes_layout_is_detected(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "leftImg8bit" / split / "aachen").mkdir(parents=True)
         (tmp_path / "gtFine" / split / "aachen").mkdir(parents=True)
-        Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(tmp_path / "leftImg8bit" / split / "aachen" / "x_000001_leftImg8bit.png")
-        Image.fromarray(np.full((16, 32), 18, np.uint8)).save(tmp_path / "gtFine" / split / "aachen" / "x_000001_gtFine_labelTrainIds.png")
+        for i in (1, 2):
+            Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(tmp_path / "leftImg8bit" / split / "aachen" / f"x_00000{i}_leftImg8bit.png")
+            Image.fromarray(np.full((16, 32), 18, np.uint8)).save(tmp_path / "gtFine" / split / "aachen" / f"x_00000{i}_gtFine_labelTrainIds.png")
     data = load_data(str(tmp_path), 16, 32)
     assert data.info.name == "cityscapes" and data.info.num_classes == 19
 

@@ -5,8 +5,12 @@ Segmentation", ICIP 2019. A strided 7x7 / 5x5 / 3x3 pyramid builds a spatial att
 (upsampled and summed level by level); it multiplies a 1x1 projection of the features to the
 classes, a global-pooling branch adds context, and bilinear upsampling restores full size.
 LEDNet's pyramid has 1 channel; with `width` > 1 a 1x1 conv maps it to per-class attention.
+Its conv-BN-ReLUs keep the conv bias of the official code (xiaoyufenfei/LEDNet, Conv2dBnRelu) so the
+LEDNet preset has the original's parameters exactly.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +31,14 @@ class AttentionPyramidDecoder(nn.Module):
     def __init__(self, a: DecoderArgs):
         super().__init__()
         c, p, out = a.channels[-1], a.spec.width, a.out_channels
-        self.pool_branch = conv_bn_relu(c, out, 1)
-        self.mid = conv_bn_relu(c, out, 1)
-        self.down1 = conv_bn_relu(c, p, 7, stride=2)
-        self.down2 = conv_bn_relu(p, p, 5, stride=2)
-        self.down3 = nn.Sequential(conv_bn_relu(p, p, 3, stride=2), conv_bn_relu(p, p, 3))
-        self.conv2 = conv_bn_relu(p, p, 5)
-        self.conv1 = conv_bn_relu(p, p, 7)
+        cbr = partial(conv_bn_relu, bias=True)
+        self.pool_branch = cbr(c, out, 1)
+        self.mid = cbr(c, out, 1)
+        self.down1 = cbr(c, p, 7, stride=2)
+        self.down2 = cbr(p, p, 5, stride=2)
+        self.down3 = nn.Sequential(cbr(p, p, 3, stride=2), cbr(p, p, 3))
+        self.conv2 = cbr(p, p, 5)
+        self.conv1 = cbr(p, p, 7)
         self.to_classes = nn.Conv2d(p, out, 1, bias=False) if p > 1 else nn.Identity()
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -27,10 +27,12 @@ def bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS)
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 1, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, stride: int = 1, dilation: int = 1, groups: int = 1,
+                 bias: bool = False) -> nn.Sequential:
+    # A bias before BN is redundant; `bias=True` only where a preset must match official code (LEDNet's APN).
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, groups=groups, bias=False),
+        nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, groups=groups, bias=bias),
         bn(cout),
         nn.ReLU(inplace=True),
     )

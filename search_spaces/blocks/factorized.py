@@ -40,21 +40,26 @@ def pfcu_dilations(d: int) -> tuple[int, int, int]:
 
 @register_core("pfcu")
 class ParallelFactorizedUnit(nn.Module):
-    """A 3x1/1x3 pair, then three parallel dilated kx1/1xk branches summed, +x, ReLU."""
+    """A kx1/1xk pair, then three parallel dilated kx1/1xk branches summed, +x, ReLU.
+
+    The branches share one BatchNorm (`bn2`), as in the official ESNet code (xiaoyufenfei/ESNet, PFCU):
+    each branch is normalised separately by the same affine parameters, then dropped out on its own.
+    """
 
     def __init__(self, a: CoreArgs):
         super().__init__()
         c, k = a.channels, a.kernel
         self.out_channels = c
         self.conv_v, self.conv_h, self.bn1 = conv_kx1(c, c, k), conv_1xk(c, c, k), bn(c)
-        self.branches = nn.ModuleList(
-            nn.Sequential(conv_kx1(c, c, k, d), nn.ReLU(inplace=True), conv_1xk(c, c, k, d), bn(c), dropout(a.dropout))
-            for d in pfcu_dilations(a.dilation)
-        )
+        dilations = pfcu_dilations(a.dilation)
+        self.branch_v = nn.ModuleList(conv_kx1(c, c, k, d) for d in dilations)
+        self.branch_h = nn.ModuleList(conv_1xk(c, c, k, d) for d in dilations)
+        self.bn2 = bn(c)
+        self.drops = nn.ModuleList(dropout(a.dropout) for _ in dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv_h(F.relu(self.conv_v(x)))))
         out = x
-        for branch in self.branches:
-            out = out + branch(y)
+        for conv_v, conv_h, drop in zip(self.branch_v, self.branch_h, self.drops):
+            out = out + drop(self.bn2(conv_h(F.relu(conv_v(y)))))
         return F.relu(out)

@@ -3,6 +3,8 @@
 Wang et al., "LEDNet: A Lightweight Encoder-Decoder Network for Real-Time Semantic
 Segmentation", ICIP 2019. Channels are split in two; each half runs a factorised residual stack
 (the halves in opposite kx1/1xk order); concat, +x, ReLU, then a channel shuffle mixes the halves.
+As in the official code (xiaoyufenfei/LEDNet, SS_nbt_module), each half ends in its second BN with
+no ReLU: the only nonlinearity after it is the one on the residual sum.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class _Half(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.b1(F.relu(self.a1(x)))))
-        y = F.relu(self.bn2(self.b2(F.relu(self.a2(y)))))
+        y = self.bn2(self.b2(F.relu(self.a2(y))))  # no ReLU here: relu(x + y) follows the concat
         return self.drop(y)
 
 
