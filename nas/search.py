@@ -10,7 +10,7 @@ import optuna
 
 from trainers.data import load_data
 
-from . import study as st
+from . import runner, study as st
 from .cli import UsageError, parse_size, run
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .report import write_results
@@ -67,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
     if args.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: must be >= 0")
     if args.gpus_per_trial > 0 and not args.address:
-        available = st._gpu_count()
+        available = runner.gpu_count()
         if args.gpus_per_trial > max(available, 0) or available == 0:
             raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
     try:
@@ -170,8 +170,8 @@ def search(cfg: st.SearchConfig) -> int:
         print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run -> {run_dir}")
         try:
             if remaining:
-                data, data_ref = st.share_data(cfg, data)  # the driver's own copy is freed here
-                st.run_trials(cfg, study, space, data_ref, remaining, [progress.ray_callback()])
+                data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
+                runner.run_trials(cfg, study, space, data_ref, remaining, [progress.ray_callback()])
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
             front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick)

@@ -161,8 +161,8 @@ def test_bad_ignore_index_is_one_line(tmp_path, value):
 
 def test_a_dataset_too_big_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
     import trainers.data as data_module
-    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
-    # 4 images x (3 + 1) bytes x 16 x 32 = 8,192 bytes > 80 % of 10,000
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 20_000)
+    # 4 images x (3 + 1) bytes x 16 x 32 = 8,192 bytes, twice while handed to Ray: > 80 % of 20,000
     with pytest.raises(DataError, match=r"4 images at 16x32 need .* GiB in memory .* use a smaller --size"):
         load_data(str(make_folder(tmp_path)), 16, 32)
 
@@ -182,3 +182,11 @@ def test_a_split_pickles_its_arrays_out_of_band():
 def test_a_single_training_image_is_refused(tmp_path):
     with pytest.raises(DataError, match="1 training image; training needs at least 2"):
         load_data(str(make_folder(tmp_path, n=1)), 16, 32)
+
+
+@pytest.mark.parametrize("palette", [[1, 2, 3], [[0, 0, 0]], [[0, 0, 0], [1, 1, 1], [2, 2, 300]]])
+def test_a_bad_palette_is_one_line(tmp_path, palette):
+    root = make_folder(tmp_path)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["a", "b", "c"], "palette": palette}))
+    with pytest.raises(DataError, match=r"palette must list one \[r, g, b\] triple"):
+        load_data(str(root), 16, 32)

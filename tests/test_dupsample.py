@@ -113,12 +113,13 @@ def _peak_in_child(n_maps: int) -> float:
     q = ctx.Queue()
     p = ctx.Process(target=_limited, args=(n_maps, q))
     p.start()
-    p.join(600)
+    p.join(300)
     return q.get(timeout=5) if p.exitcode == 0 else float("inf")
 
 
 def _limited(n_maps, q):
     import resource
+    torch.set_num_threads(1)  # per-thread allocator arenas would eat the address-space cap
     # a fit that grows with the data set dies here instead of exhausting the machine
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/statm") as f:

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from nas import study as st
 from nas.cli import run as run_cli
-from nas.search import main as search_main, search
+from nas.search import main as search_main
 from trainers.data import load_data
 
 from test_search import make_config
@@ -50,7 +50,7 @@ def _ask(study, owner):
 
 def test_resume_on_a_shared_database_leaves_a_live_search_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(st, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(st, "GRACE_S", 1)
+    monkeypatch.setattr(st, "GRACE_S", 3)  # heartbeats are stored to the second: a margin of 2 beats
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     ours = make_config(tmp_path / "a", "--storage", url, "--objectives", "miou,gmacs")
     other = make_config(tmp_path / "b", "--storage", url, "--objectives", "miou,gmacs")
@@ -59,7 +59,7 @@ def test_resume_on_a_shared_database_leaves_a_live_search_alone(tmp_path, monkey
     dead_elsewhere = _ask(live_study, "elsewhere:/runs/x")  # a search whose driver stopped beating
     ours_killed = _ask(live_study, ours.owner)  # our own killed driver: fresh heartbeat, but dead
     with st.Heartbeat(live_study, {"live": live}):
-        time.sleep(2.5)
+        time.sleep(4.5)
         n = st.recover_stale_trials(st.open_study(ours), ours.owner, private=False)
         assert n == 2
         trials = {t.number: t for t in live_study.get_trials()}
@@ -73,10 +73,13 @@ def test_resume_on_a_shared_database_leaves_a_live_search_alone(tmp_path, monkey
     assert live_study.trials[live.number].state == TrialState.COMPLETE
 
 
-def test_unowned_running_trials_of_a_private_database_are_ours():
+def test_every_running_trial_of_a_private_database_is_ours():
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
     study.ask().suggest_int("x", 0, 9)
+    moved = study.ask()  # owned by this run folder under an earlier host name or path
+    moved.suggest_int("x", 0, 9)
+    moved.set_user_attr("owner", "old-host:/runs/a")
     # in-memory storage has no heartbeat: only ownership decides
-    assert st.recover_stale_trials(study, "me", private=True) == 1
     assert st.recover_stale_trials(study, "me", private=False) == 0
+    assert st.recover_stale_trials(study, "me", private=True) == 2

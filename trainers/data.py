@@ -201,8 +201,12 @@ def _load_split(pairs: list[tuple[Path, Path]], info: DatasetInfo, height: int, 
         masks[i] = _resize_mask(torch.from_numpy(mapped.astype(np.uint8)), height, width).numpy()
 
     # PNG decoding and resizing release the GIL: threads load a Cityscapes-sized set several times faster.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(load, range(len(pairs))))
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for job in [pool.submit(load, i) for i in range(len(pairs))]:
+            job.result()
+    finally:  # the first bad file is reported at once, not after decoding the rest
+        pool.shutdown(wait=True, cancel_futures=True)
     return Split(torch.from_numpy(images), torch.from_numpy(masks))
 
 
@@ -223,7 +227,8 @@ def check_fits_in_memory(source: str, n_images: int, in_channels: int, height: i
     """Refuse, before reading anything, a dataset whose in-memory copy would not fit."""
     need = n_images * (in_channels + 1) * height * width  # uint8 image + uint8 mask per image
     avail = _available_memory()
-    if avail is not None and need > 0.8 * avail:
+    # x2: a search holds a second copy for a moment while it hands the set to Ray's object store
+    if avail is not None and 2 * need > 0.8 * avail:
         raise DataError(f"--data {source}: {n_images} images at {height}x{width} need {need / 2**30:.1f} GiB in memory "
                         f"({(in_channels + 1) * height * width / 2**20:.2f} MiB each) but {avail / 2**30:.1f} GiB are "
                         f"available; use a smaller --size or a machine with more memory")
@@ -255,6 +260,10 @@ def read_classes(path: Path) -> DatasetInfo:
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not 0 <= ignore <= 255:
         raise DataError(f"{path}: ignore_index {ignore!r} must be an integer in [0, 255]")
     palette = meta.get("palette")
+    if palette is not None and not (isinstance(palette, list) and len(palette) >= len(meta["names"]) and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette)):
+        raise DataError(f"{path}: palette must list one [r, g, b] triple of integers in 0..255 per class "
+                        f"({len(meta['names'])} classes)")
     return DatasetInfo(path.parent.name, tuple(map(str, meta["names"])), 3,
                        palette=tuple(tuple(c) for c in palette) if palette else None, source_ignore_index=ignore)
 

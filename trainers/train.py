@@ -109,7 +109,7 @@ def shared_reconstruction(folder: Path, labels, num_classes: int, ratio: int, n:
     folder = folder / "dupsample"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"r{ratio}_n{n}_c{num_classes}_seed{seed}.pt"
-    with open(folder / ".lock", "a+") as lock:
+    with open(path.with_suffix(".lock"), "a+") as lock:  # one per key: other (ratio, N) fit meanwhile
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             basis, mean = fit_reconstruction(labels, num_classes, ratio, n, ignore_index, seed)

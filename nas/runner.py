@@ -1,0 +1,187 @@
+"""The execution: Ray Tune runs the study's trials in parallel and stops hopeless ones early.
+
+The Optuna study (`nas.study`) holds the truth; this module only executes. Ray Tune asks the study
+for each trial through a Searcher (ask), runs it in a worker with its resources, and the outcome is
+told back (`record_outcome`). The data set is put in Ray's object store once and mapped by every
+trial.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+from search_spaces import ArchSpec
+from search_spaces.space import SearchSpace
+from trainers.data import SegData
+
+from .pareto import Objective
+from .study import Heartbeat, SearchConfig, record_outcome
+from .trial import TrialSettings, evaluate_trial
+
+
+def _asha(epochs: int, early_stopped: set[str]):
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class PresetFairASHA(ASHAScheduler):
+        """ASHA on mIoU per epoch, except that the hand-designed presets always train to the end:
+        the front is measured against fully trained presets. Its STOP decisions are noted, so that
+        a trial stopped by a shutdown is never mistaken for one stopped for being hopeless."""
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if trial.config.get("preset"):
+                return TrialScheduler.CONTINUE
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP:
+                early_stopped.add(trial.trial_id)
+            return action
+
+    return PresetFairASHA(metric="miou", mode="max", time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+
+
+# --- Ray Tune wiring -------------------------------------------------------------------------------
+def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str],
+                  owner: str):
+    from ray.tune.search import Searcher
+
+    class OptunaStudySearcher(Searcher):
+        """Ray Tune asks it for trials; it asks the Optuna study (ask/tell) and records outcomes."""
+
+        def __init__(self) -> None:
+            super().__init__(metric="miou", mode="max")
+            self.trials: dict[str, optuna.Trial] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            with warnings.catch_warnings():  # "heartbeat is meant for optimize()": this driver beats itself
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
+            spec = space.sample(trial)
+            preset = trial.user_attrs.get("preset")
+            if preset:
+                spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
+            trial.set_user_attr("spec", spec.to_dict())
+            trial.set_user_attr("owner", owner)
+            try:  # beating before anyone can see it RUNNING; a busy database skips to the next beat
+                study._storage.record_heartbeat(trial._trial_id)
+            except Exception:
+                pass
+            self.trials[trial_id] = trial
+            return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or ""}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            trial = self.trials.pop(trial_id, None)
+            if trial is None:
+                return
+            if not error and (result or {}).get("status") == "running" and trial_id not in early_stopped:
+                return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
+            record_outcome(study, trial, result, error, objectives)
+
+    return OptunaStudySearcher()
+
+
+def _trainable(config: dict, data: SegData) -> None:
+    from ray import tune
+
+    settings = TrialSettings.from_dict(config["settings"])
+    spec = ArchSpec.from_dict(config["spec"])
+    attempt = next_attempt(Path(config["run_dir"]), config["number"])
+    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report,
+                            shared_dir=config["run_dir"])
+    if result["status"] != "complete":
+        tune.report({"miou": 0.0, **result})
+
+
+def _shared_trainable(data_ref):
+    """The trainable, holding only a reference to the data set in Ray's object store: every trial
+    on a node maps that one copy (NumPy buffers are read zero-copy) instead of receiving its own."""
+
+    def trainable(config: dict) -> None:
+        import ray
+
+        _trainable(config, ray.get(data_ref))
+
+    return trainable
+
+
+def share_data(cfg: SearchConfig, data: SegData) -> tuple[SegData, object]:
+    """Move the data set into Ray's object store; returns the driver's zero-copy view and its ref.
+
+    The caller drops its own copy for the view, so a node holds the data set once, not once for
+    the driver and once for the trials.
+    """
+    import ray
+
+    start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)
+    ref = ray.put(data)
+    return ray.get(ref), ref
+
+
+def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if ray.is_initialized():
+        return
+    kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if not cfg.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
+        kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+
+
+def next_attempt(run_dir: Path, number: int) -> int:
+    """Count this trial's attempts (a worker that died is retried once) with marker files."""
+    folder = run_dir / "attempts"
+    folder.mkdir(exist_ok=True)
+    attempt = 1
+    while True:
+        try:
+            (folder / f"{number}.{attempt}").touch(exist_ok=False)
+            return attempt
+        except FileExistsError:
+            attempt += 1
+
+
+def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_ref, n: int,
+               callbacks: list) -> None:
+    """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    start_ray(cfg)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
+    early_stopped: set[str] = set()
+    searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
+    scheduler = _asha(cfg.settings.epochs, early_stopped) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
+    trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"settings": cfg.settings.to_dict(), "run_dir": str(cfg.run_dir.resolve())},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
+                                  verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    with Heartbeat(study, searcher.trials):
+        tuner.fit()
+
+
+def gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
+def _ray_temp_dir() -> Path:
+    # Short and private: Ray's socket paths must stay under the OS limit of ~107 characters.
+    path = Path(os.environ.get("LIGHTSEG_RAY_TMP") or f"/tmp/lightseg-ray-{os.getuid()}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
