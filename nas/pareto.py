@@ -62,6 +62,27 @@ def hypervolume(loss_rows: Iterable[np.ndarray]) -> float:
     return float(compute_hypervolume(pts, np.ones(pts.shape[1])))
 
 
+def non_domination_ranks(loss_rows: np.ndarray) -> np.ndarray:
+    """Rank 0 = the non-dominated rows, rank 1 = non-dominated once those are removed, ..."""
+    from optuna.study._multi_objective import _fast_non_domination_rank  # Optuna's own NSGA-II sort
+
+    return _fast_non_domination_rank(np.asarray(loss_rows, dtype=float))
+
+
+def crowding_distances(loss_rows: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance: the extremes of each objective are infinitely far (always kept),
+    the others by the normalised gap between their neighbours, summed over objectives."""
+    rows = np.asarray(loss_rows, dtype=float)
+    distance = np.zeros(len(rows))
+    for column in rows.T:
+        order = np.argsort(column, kind="stable")
+        span = column[order[-1]] - column[order[0]]
+        distance[order[[0, -1]]] = np.inf
+        if span > 0 and len(rows) > 2:
+            distance[order[1:-1]] += (column[order[2:]] - column[order[:-2]]) / span
+    return distance
+
+
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that used up budget, in order; interrupted attempts (re-queued on resume) excluded."""
     return [t for t in study.get_trials(deepcopy=False)
@@ -84,20 +105,21 @@ def hypervolume_history(trials: Iterable[optuna.trial.FrozenTrial], objectives: 
     return history
 
 
-def knee(front: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[Objective]) -> optuna.trial.FrozenTrial:
-    """The front member nearest the ideal point after min-max scaling each objective over the front."""
-    vals = np.array([[(-v if o.direction == "maximize" else v) for v, o in zip(t.values, objectives)] for t in front])
+def knee(values: Sequence[Sequence[float]], objectives: Sequence[Objective]) -> int:
+    """Index of the front member nearest the ideal point after min-max scaling each objective over the front."""
+    vals = np.array([[(-v if o.direction == "maximize" else v) for v, o in zip(row, objectives)] for row in values])
     span = vals.max(0) - vals.min(0)
     scaled = (vals - vals.min(0)) / np.where(span > 0, span, 1.0)
-    return front[int(np.argmin(np.linalg.norm(scaled, axis=1)))]
+    return int(np.argmin(np.linalg.norm(scaled, axis=1)))
 
 
-def pick(front: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[Objective], how: str) -> optuna.trial.FrozenTrial:
+def pick(values: Sequence[Sequence[float]], objectives: Sequence[Objective], how: str) -> int:
+    """Index of the front member `how` picks: the knee, or the best in one objective."""
     if how == "knee":
-        return knee(front, objectives)
+        return knee(values, objectives)
     idx = [o.name for o in objectives].index(how)
     sign = -1 if objectives[idx].direction == "maximize" else 1
-    return min(front, key=lambda t: sign * t.values[idx])
+    return min(range(len(values)), key=lambda i: sign * values[i][idx])
 
 
 def _flatten(prefix: str, value, out: dict) -> None:

@@ -1,11 +1,15 @@
 """Results files, regenerated from the study every time: CSVs, YAMLs, plots, the HTML report.
 
-Every file is written atomically (temporary file + rename), so a kill never leaves half a file.
+Once the validated stage has run, the front, pareto.csv, pareto/*.yaml and best.yaml come from the
+validated values (mean mIoU over seeds at the validation protocol, latency measured alone);
+trials.csv keeps the search-protocol values beside them. Every file is written atomically
+(temporary file + rename), so a kill never leaves half a file.
 """
 from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +18,13 @@ import optuna
 import pandas as pd
 import yaml
 
-from .pareto import Objective, counted_trials, front_trials, hypervolume_history, pick, trial_spec, trials_table
+from .pareto import (Objective, counted_trials, front_trials, hypervolume, hypervolume_history, losses, pick,
+                     trial_spec, trials_table)
+from .plots import plot_fronts, plot_hypervolume
+from .validate import Validation, indistinguishable, preset_dominance
+
+FRONT_COLUMNS = ("trial", "preset", "tag", "miou", "miou_std", "miou_search", "gmacs", "latency_ms",
+                 "latency_ms_search", "peak_mem_mb", "params")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -23,102 +33,98 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def front_table(table: pd.DataFrame, study: optuna.Study, validation: Validation | None) -> pd.DataFrame:
+    """The front's rows. Validated: mIoU is the validated mean (`miou_std` its spread, `miou_search`
+    the search protocol's) and latency the isolated one (`latency_ms_search` the in-trial one)."""
+    if validation is None or not validation.front:
+        numbers = [t.number for t in front_trials(study)]
+        return table[table["trial"].isin(numbers)] if len(table) else table
+    front = table[table["trial"].isin(validation.front)].copy()
+    front["miou_search"], front["latency_ms_search"] = front["miou"], front["latency_ms"]
+    front["miou"], front["miou_std"] = front["miou_validated"], front["miou_validated_std"]
+    front["latency_ms"] = front["latency_ms_isolated"]
+    first = [c for c in FRONT_COLUMNS if c in front]
+    return front[first + [c for c in front.columns if c not in first]]
+
+
 def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objective], scales: dict[str, float],
-                  config: dict, how: str = "knee") -> pd.DataFrame:
+                  config: dict, how: str = "knee", validation: Validation | None = None) -> pd.DataFrame:
     """Write every output of a run; returns the front table."""
     table = trials_table(study)
+    if validation is not None and len(table):
+        table = table.merge(validation.table, on="trial", how="left")
     atomic_write(run_dir / "trials.csv", table.to_csv(index=False))
-    front = front_trials(study)
-    numbers = [t.number for t in front]
-    front_table = table[table["trial"].isin(numbers)] if len(table) else table
-    atomic_write(run_dir / "pareto.csv", front_table.to_csv(index=False))
+    front = front_table(table, study, validation)
+    numbers = [int(n) for n in front["trial"]] if len(front) else []
+    atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     pareto_dir = run_dir / "pareto"
     pareto_dir.mkdir(exist_ok=True)
     for stale in pareto_dir.glob("*.yaml"):
         if int(stale.stem.split("_")[-1]) not in numbers:
             stale.unlink()
-    for t in front:
-        atomic_write(pareto_dir / f"trial_{t.number:04d}.yaml", trial_spec(t).to_yaml())
-    if front:
-        atomic_write(run_dir / "best.yaml", trial_spec(pick(front, objectives, how)).to_yaml())
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for n in numbers:
+        atomic_write(pareto_dir / f"trial_{n:04d}.yaml", trial_spec(trials[n]).to_yaml())
+    values = [[float(row[o.key]) for o in objectives] for _, row in front.iterrows()]
+    if numbers:
+        atomic_write(run_dir / "best.yaml", trial_spec(trials[numbers[pick(values, objectives, how)]]).to_yaml())
     atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, "hypervolume_scales": scales}, sort_keys=False))
     history = hypervolume_history(counted_trials(study), objectives, scales)
-    plots = plot_fronts(run_dir, table, numbers, objectives) + [plot_hypervolume(run_dir, history)]
-    write_html(run_dir, front_table, plots, config, history)
-    return front_table
+    final_hv = hypervolume(losses(v, objectives, scales) for v in values)
+    search_label = f"search protocol: {config['height']}x{config['width']}, {config['settings']['epochs']} epochs, 1 seed"
+    plots = plot_fronts(run_dir, table, numbers, objectives, search_label,
+                        validation.protocol.label() if validation is not None else None)
+    plots.append(plot_hypervolume(run_dir, history))
+    dominance = preset_dominance(table, validation.margin) if validation is not None and len(table) else None
+    if dominance is not None:
+        atomic_write(run_dir / "presets.csv", dominance.to_csv(index=False))
+    write_html(run_dir, front, plots, config, history, final_hv, validation, dominance)
+    return front
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+def validation_summary(validation: Validation) -> list[str]:
+    """The run's fidelity in sentences: printed at the end and shown in report.html."""
+    v, n = validation, int((validation.table["validated_seeds"] == len(validation.protocol.seeds)).sum())
+    return [f"Validated {n} of {len(v.table)} candidates (presets, front, within noise) at {v.protocol.label()}.",
+            f"Seed noise: standard deviation of one seed's mIoU {_fmt(v.seed_sd)}, mean gap between two seeds "
+            f"{_fmt(v.mean_seed_gap)}; validated means closer than {_fmt(v.margin)} are indistinguishable (about 95 %).",
+            f"Fidelity of the search protocol: Kendall tau {_fmt(v.kendall_tau, 2)} between its mIoU and the "
+            f"validated mean over these {n} nets."]
 
 
-def plot_fronts(run_dir: Path, table: pd.DataFrame, front: list[int], objectives: Sequence[Objective]) -> list[Path]:
-    """pareto_<cost>.png: mIoU against each cost; all trials faint, front joined, presets labelled."""
-    plt = _pyplot()
-    paths = []
-    done = table[table["state"] == "complete"] if len(table) else table
-    for cost in (o for o in objectives if o.direction == "minimize"):
-        fig, ax = plt.subplots(figsize=(8.4, 4.6))
-        if len(done):
-            ax.scatter(done[cost.key], done["miou"], s=14, alpha=0.3, color="tab:gray", label="trials (trained)")
-            on = done[done["trial"].isin(front)]
-            # the 2-D projection of a many-objective front: highlight members, join the 2-D staircase
-            ax.scatter(on[cost.key], on["miou"], s=28, color="tab:red", label="Pareto front (all objectives)")
-            stair = on.sort_values(cost.key)
-            stair = stair[stair["miou"] >= stair["miou"].cummax()]
-            ax.step(stair[cost.key], stair["miou"], where="post", color="tab:red", lw=1)
-            for _, row in done[done["preset"].fillna("") != ""].iterrows():
-                ax.scatter(row[cost.key], row["miou"], marker="*", s=120, color="tab:blue", zorder=3)
-                ax.annotate(row["preset"], (row[cost.key], row["miou"]), textcoords="offset points", xytext=(5, 4))
-            ax.scatter([], [], marker="*", s=120, color="tab:blue", label="hand-designed presets")
-        ax.set_xlabel(cost.label)
-        ax.set_ylabel("validation mIoU")
-        ax.set_title(f"mIoU vs {cost.name}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-        fig.tight_layout()
-        paths.append(_save(fig, run_dir / f"pareto_{cost.name}.png"))
-        plt.close(fig)
-    return paths
-
-
-def plot_hypervolume(run_dir: Path, history: list[float]) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(range(1, len(history) + 1), history, color="tab:green")
-    ax.set_xlabel("trials finished")
-    ax.set_ylabel("hypervolume (normalised objectives)")
-    ax.set_title("Hypervolume of the front over the search")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = _save(fig, run_dir / "hypervolume.png")
-    plt.close(fig)
-    return path
-
-
-def write_html(run_dir: Path, front_table: pd.DataFrame, plots: list[Path], config: dict, history: list[float]) -> None:
+def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: dict, history: list[float],
+               final_hv: float, validation: Validation | None, dominance: pd.DataFrame | None) -> None:
     """report.html: one self-contained page (images inlined)."""
     imgs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.name}"/>'
         f"<figcaption>{p.name}</figcaption></figure>" for p in plots
     )
-    cols = [c for c in ("trial", "preset", "tag", "miou", "gmacs", "latency_ms", "peak_mem_mb", "params") if c in front_table]
-    table = front_table[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}") if len(front_table) else "<p>empty</p>"
+    shown = front.copy()
+    validated = validation is not None and bool(validation.front)
+    if validated:
+        same = indistinguishable(shown, validation.margin)
+        shown["indistinguishable in mIoU from"] = [", ".join(map(str, same.get(int(n), []))) for n in shown["trial"]]
+    cols = [c for c in (*FRONT_COLUMNS, "indistinguishable in mIoU from") if c in shown]
+    front_html = shown[cols].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}") if len(shown) else "<p>empty</p>"
+    if validated:
+        fidelity = "".join(f"<p>{html.escape(s)}</p>" for s in validation_summary(validation))
+        fidelity += "<h2>Presets against the validated nets</h2>" + (
+            dominance.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}") if len(dominance)
+            else "<p>No preset was validated.</p>")
+        basis = f"validated values ({html.escape(validation.protocol.label())}; latency measured alone)"
+    else:
+        fidelity, basis = "<p>Not validated: the front is the search protocol's.</p>", "search-protocol values"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(config['study'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
-img{{max-width:560px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style></head><body>
+img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style></head><body>
 <h1>Search {html.escape(config['study'])}</h1>
-<p>Final hypervolume {history[-1] if history else 0:.4f} after {len(history)} trials. GMACs count one multiply-add as one, at batch 1.</p>
-<h2>Pareto front</h2>{table}<h2>Plots</h2>{imgs}
+<p>{len(history)} trials; search-protocol hypervolume {history[-1] if history else 0:.4f}; hypervolume of the
+final front {final_hv:.4f}. GMACs count one multiply-add as one, at batch 1.</p>
+<h2>Pareto front, from {basis}</h2>{front_html}
+<h2>Fidelity</h2>{fidelity}<h2>Plots</h2>{imgs}
 <h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></body></html>"""
     atomic_write(run_dir / "report.html", page)

@@ -1,9 +1,10 @@
 """The execution: Ray Tune runs the study's trials in parallel and stops hopeless ones early.
 
 The Optuna study (`nas.study`) holds the truth; this module only executes. Ray Tune asks the study
-for each trial through a Searcher (ask), runs it in a worker with its resources, and the outcome is
-told back (`record_outcome`). The data set is put in Ray's object store once and mapped by every
-trial.
+for each trial through a Searcher (ask), runs it in a worker with its resources, stops the ones
+multi-objective successive halving ranks low (`nas.promotion`), and the outcome is told back
+(`record_outcome`). The validation stage's trainings run here too, as plain Ray tasks. The data
+set is put in Ray's object store once and mapped by every trial.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import optuna
 
@@ -19,27 +21,9 @@ from search_spaces.space import SearchSpace
 from trainers.data import SegData
 
 from .pareto import Objective
+from .promotion import mo_asha
 from .study import Heartbeat, SearchConfig, record_outcome
 from .trial import TrialSettings, evaluate_trial
-
-
-def _asha(epochs: int, early_stopped: set[str]):
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    class PresetFairASHA(ASHAScheduler):
-        """ASHA on mIoU per epoch, except that the hand-designed presets always train to the end:
-        the front is measured against fully trained presets. Its STOP decisions are noted, so that
-        a trial stopped by a shutdown is never mistaken for one stopped for being hopeless."""
-
-        def on_trial_result(self, tune_controller, trial, result):
-            if trial.config.get("preset"):
-                return TrialScheduler.CONTINUE
-            action = super().on_trial_result(tune_controller, trial, result)
-            if action == TrialScheduler.STOP:
-                early_stopped.add(trial.trial_id)
-            return action
-
-    return PresetFairASHA(metric="miou", mode="max", time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
 
 
 # --- Ray Tune wiring -------------------------------------------------------------------------------
@@ -150,7 +134,7 @@ def next_attempt(run_dir: Path, number: int) -> int:
 
 
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_ref, n: int,
-               callbacks: list) -> None:
+               scales: dict[str, float], callbacks: list) -> None:
     """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store."""
     import ray
     from ray import tune
@@ -161,7 +145,8 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_
     concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
     early_stopped: set[str] = set()
     searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
-    scheduler = _asha(cfg.settings.epochs, early_stopped) if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler()
+    scheduler = (mo_asha(cfg.objectives, scales, cfg.settings.epochs, early_stopped)
+                 if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler())
     trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -173,6 +158,31 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_
     )
     with Heartbeat(study, searcher.trials):
         tuner.fit()
+
+
+def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Callable[[object, dict], None]) -> None:
+    """Run the validation trainings as Ray tasks (a worker that dies is retried once); `record`
+    stores each result as soon as it arrives, so a kill loses only the trainings in flight."""
+    import ray
+
+    start_ray(cfg)
+    task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(_validation_task)
+    shared = str((cfg.run_dir / "validate").resolve())
+    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, shared): job for job in jobs}
+    while in_flight:
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        job = in_flight.pop(done[0])
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayError as exc:  # the worker died twice
+            result = {"status": "failed", "reason": f"worker process died: {type(exc).__name__}"}
+        record(job, result)
+
+
+def _validation_task(job, data, protocol, settings, shared_dir):
+    from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
+
+    return train_job(job, data, protocol, settings, shared_dir)
 
 
 def gpu_count() -> int:

@@ -7,14 +7,16 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 
 from trainers.data import load_data
 
-from . import runner, study as st
+from . import runner, study as st, validate as val
 from .cli import UsageError, parse_size, run
 from .pareto import front_trials, hypervolume, losses, parse_objectives
-from .report import write_results
+from .report import validation_summary, write_results
 from .trial import Constraints, TrialSettings
+from .validate import DEFAULT_NOISE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-early-stopping", action="store_true", help="train every trial for all epochs")
     a("--resume", action="store_true", help="continue the study in an existing run folder")
     a("--force", action="store_true", help="replace an existing run folder")
-    a("--pick", default="knee", choices=("knee", "miou", "gmacs", "latency", "memory"), help="which front member is best.yaml")
+    a("--pick", default="knee", choices=("knee", "miou", "gmacs", "latency", "memory"),
+      help="which front member is best.yaml (chosen on validated values once validated)")
     a("--no-presets", action="store_true", help="do not enqueue the hand-designed presets first")
+    v = p.add_argument_group("validated final stage", "the front candidates and the presets retrained at a "
+                             "reference protocol with several seeds; the final front comes from these values")
+    v.add_argument("--val-size", default="32x64", help="input HxW of the validation protocol")
+    v.add_argument("--val-epochs", type=int, default=10, help="epochs of the validation protocol")
+    v.add_argument("--val-seeds", type=int, default=2, help="seeds averaged per validated net (at least 2)")
+    v.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+                   help="search-protocol seed noise in mIoU: trials this close to the front are validated too")
+    v.add_argument("--val-max", type=int, default=16, help="most searched nets validated (front first)")
+    v.add_argument("--no-validate", action="store_true", help="skip the validated stage (front from the search protocol)")
     return p
 
 
@@ -79,6 +91,17 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
     h, w = parse_size(args.size)
     if h % 32 or w % 32:
         raise UsageError(f"--size {args.size}: height and width must be multiples of 32 (ratio 4 x 3 stride-2 stages)")
+    vh, vw = parse_size(args.val_size)
+    if vh % 32 or vw % 32:
+        raise UsageError(f"--val-size {args.val_size}: height and width must be multiples of 32")
+    if args.val_epochs < 1:
+        raise UsageError(f"--val-epochs {args.val_epochs}: must be at least 1")
+    if args.val_seeds < 2:
+        raise UsageError(f"--val-seeds {args.val_seeds}: at least 2, or the seed noise cannot be seen")
+    if not 0 <= args.noise < 1:
+        raise UsageError(f"--noise {args.noise}: an mIoU margin from 0 to below 1")
+    if args.val_max < 0:
+        raise UsageError(f"--val-max {args.val_max}: must be >= 0")
     threads = max(1, int(args.cpus_per_trial))
     settings = TrialSettings(
         epochs=args.epochs, seed=args.seed, threads=threads, device="cuda" if args.gpus_per_trial > 0 else "cpu",
@@ -89,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
         height=h, width=w, sampler=args.sampler, seed=args.seed, early_stopping=not args.no_early_stopping,
         presets=not args.no_presets, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, pick=args.pick,
-        resume=args.resume, force=args.force,
+        resume=args.resume, force=args.force, validate=not args.no_validate, val_height=vh, val_width=vw,
+        val_epochs=args.val_epochs, val_seeds=args.val_seeds, noise=args.noise, val_max=args.val_max,
     )
 
 
@@ -168,18 +192,55 @@ def search(cfg: st.SearchConfig) -> int:
         progress = Progress(cfg, study, scales)
         remaining = st.remaining_budget(study, cfg.budget)
         print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run -> {run_dir}")
+        validation, data_ref = None, None
         try:
             if remaining:
                 data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
-                runner.run_trials(cfg, study, space, data_ref, remaining, [progress.ray_callback()])
+                runner.run_trials(cfg, study, space, data_ref, remaining, scales, [progress.ray_callback()])
+            print()
+            print(progress.line())
+            if cfg.validate:
+                validate_front(cfg, study, data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
-            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick)
-        print()
-        print(progress.line())
+            if cfg.validate:
+                validation = val.summarise(study, val.candidates(study, cfg.objectives, cfg.noise, cfg.val_max),
+                                           cfg.protocol, cfg.objectives)
+            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick, validation)
+        if validation is not None:
+            print("\n".join(validation_summary(validation)))
         _print_front(front)
-        print(f"wrote {run_dir}/: trials.csv pareto.csv pareto/*.yaml best.yaml pareto_*.png hypervolume.png report.html")
+        if (run_dir / "presets.csv").exists():
+            print("\npresets against the validated nets (best at <= their GMACs and isolated latency):")
+            print(pd.read_csv(run_dir / "presets.csv").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"wrote {run_dir}/: trials.csv pareto.csv pareto/*.yaml best.yaml presets.csv pareto_*.png hypervolume.png "
+              "report.html")
     return 0
+
+
+def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref) -> None:
+    """The validated final stage: retrain the candidates at the validation protocol (what is not
+    yet in the study), then re-measure their latency with nothing else running."""
+    numbers = val.candidates(study, cfg.objectives, cfg.noise, cfg.val_max)
+    jobs = val.pending_jobs(study, numbers, cfg.protocol)
+    if jobs:
+        p = cfg.protocol
+        if (p.height, p.width) != (cfg.height, cfg.width):
+            data, data_ref = load_data(cfg.data, p.height, p.width, seed=cfg.seed), None
+        if data_ref is None:
+            data, data_ref = runner.share_data(cfg, data)
+        print(f"validating {len(numbers)} nets at {p.label()}: {len(jobs)} trainings to run")
+        done = []
+
+        def record(job: val.Job, result: dict) -> None:
+            study.set_user_attr(job.key, result)
+            done.append(job)
+            if not cfg.quiet:
+                what = f"mIoU {result['miou']:.4f}" if result["status"] == "complete" else result["reason"]
+                print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
+
+        runner.run_validation(cfg, jobs, data_ref, p, record)
+    val.measure_isolated_latency(study, numbers, cfg.settings)
 
 
 def _scales(cfg: st.SearchConfig, study: optuna.Study, space) -> dict[str, float]:
@@ -194,7 +255,8 @@ def _print_front(front) -> None:
     if not len(front):
         print("front: empty (no trial finished training)")
         return
-    cols = [c for c in ("trial", "preset", "miou", "gmacs", "latency_ms", "peak_mem_mb", "params", "tag") if c in front]
+    cols = [c for c in ("trial", "preset", "miou", "miou_std", "miou_search", "gmacs", "latency_ms", "peak_mem_mb",
+                        "params", "tag") if c in front]
     print(front[cols].sort_values("miou", ascending=False).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 

@@ -2,7 +2,7 @@
 
 Optuna samples every architecture (define-by-run through `SearchSpace.sample`) and records every
 outcome; Ray Tune runs the trials in parallel with per-trial resources and stops hopeless ones
-early (ASHA on mIoU per epoch). Early-stopped and infeasible trials are told to Optuna as PRUNED,
+early (successive halving on all objectives, `nas.promotion`). Early-stopped and infeasible trials are told to Optuna as PRUNED,
 so the multi-objective sampler never takes them for finished results and they never sit on the
 front; failures are FAIL with their reason. Resume works from the study alone: trials left
 RUNNING by a killed driver are marked interrupted and re-queued with the same parameters. The
@@ -32,6 +32,7 @@ from trainers.data import SegData
 
 from .pareto import COUNTED, Objective, counted_trials
 from .trial import TrialSettings
+from .validate import Protocol
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
 HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
@@ -65,6 +66,19 @@ class SearchConfig:
     resume: bool = False
     force: bool = False
     quiet: bool = False
+    validate: bool = True
+    val_height: int = 32
+    val_width: int = 64
+    val_epochs: int = 10
+    val_seeds: int = 2
+    noise: float = 0.03
+    val_max: int = 16
+
+    @property
+    def protocol(self) -> Protocol:
+        """The validation protocol; its seeds are apart from the search's, so no run is reused."""
+        seeds = tuple(self.seed + 1000 + i for i in range(self.val_seeds))
+        return Protocol(self.val_height, self.val_width, self.val_epochs, seeds)
 
     @property
     def run_dir(self) -> Path:
@@ -91,6 +105,7 @@ class SearchConfig:
             "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
             "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
             "latency": f"{s.threads} thread(s), median of {s.latency_runs} runs",
+            "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
         }
 
     def to_dict(self) -> dict:

@@ -49,6 +49,7 @@ def test_sigkill_then_resume_several_times(tmp_path):
     env = dict(os.environ, LIGHTSEG_RAY_TMP=f"/tmp/{marker}", LIGHTSEG_CACHE=str(tmp_path / "cache"),
                KILL_TEST_MARKER=marker)
     cmd = [sys.executable, "-m", "nas.search", "--budget", str(BUDGET), "--epochs", "2", "--size", "32x32",
+           "--val-size", "32x32", "--val-epochs", "1",
            "--out", str(tmp_path), "--study", "k"]
     db = tmp_path / "k" / "study.db"
     seen: dict[int, tuple] = {}

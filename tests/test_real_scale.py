@@ -46,7 +46,7 @@ def test_cityscapes_layout_loads_one_uint8_copy_with_its_ignored_pixels(cityscap
 def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(cityscapes, tmp_path):
     os.environ.setdefault("LIGHTSEG_CACHE", str(tmp_path / "cache"))
     args = build_parser().parse_args(["--data", str(cityscapes), "--size", f"{H}x{W}", "--budget", str(len(SPECS)),
-                                      "--epochs", "1", "--no-presets", "--out", str(tmp_path), "--study", "cs"])
+                                      "--epochs", "1", "--no-presets", "--no-validate", "--out", str(tmp_path), "--study", "cs"])
     cfg = config_from_args(args)
     cfg = dataclasses.replace(cfg, resume=True, settings=dataclasses.replace(cfg.settings, batch_size=8, latency_runs=3))
     cfg.run_dir.mkdir(parents=True)

@@ -16,7 +16,7 @@ BUDGET = 7
 
 def make_config(tmp_path, *extra, faults=FaultPlan()):
     args = build_parser().parse_args(["--budget", str(BUDGET), "--epochs", "1", "--size", "32x32", "--out", str(tmp_path),
-                                      "--study", "tiny", "--seed", "1", *extra])
+                                      "--study", "tiny", "--seed", "1", "--val-size", "32x32", "--val-epochs", "1", *extra])
     cfg = config_from_args(args)
     return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, faults=faults, latency_runs=5))
 

@@ -1,0 +1,212 @@
+"""The validated final stage: the front candidates retrained at a reference protocol, several seeds.
+
+A search ranks on a short, single-seed protocol whose mIoU gaps are the size of seed noise. So
+after the search, every trial that could be on the front (the front plus every trial within
+`noise` mIoU of it) and the four presets are retrained at the validation protocol with several
+seeds, and their latency is re-measured alone. The final front comes from these validated values.
+
+Each finished training is stored in the study at once (a study attribute per trial and seed), so
+a kill during validation loses no finished training and `--resume` counts none twice.
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+
+from search_spaces import ArchSpec
+from trainers.costs import measure_costs
+from trainers.data import SegData
+from trainers.train import TrainConfig, fit
+
+from .pareto import Objective, losses, non_domination_ranks, trial_spec
+from .trial import TrialSettings
+
+# 2 x the mean |seed 0 - seed 1| mIoU gap of one net at the search protocol (0.015, measured on 19
+# nets): a trial within this of the front may be on it after all.
+DEFAULT_NOISE = 0.03
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a validated figure is made: input size, epochs, and the seeds averaged over."""
+
+    height: int
+    width: int
+    epochs: int
+    seeds: tuple[int, ...]
+
+    def label(self) -> str:
+        return f"{self.height}x{self.width}, {self.epochs} epochs, {len(self.seeds)} seeds"
+
+
+@dataclass(frozen=True)
+class Job:
+    number: int  # the trial
+    seed: int
+    spec: dict  # the trial's ArchSpec at the protocol's size
+    gmacs: float  # for longest-first ordering
+
+    @property
+    def key(self) -> str:
+        return f"validated:{self.number}:{self.seed}"
+
+
+def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: float, limit: int) -> list[int]:
+    """The presets, the front, then the trials within `noise` mIoU of the front (nearest first),
+    at most `limit` besides the presets.
+
+    A trial is within noise of the front when adding `noise` to its mIoU makes it non-dominated.
+    """
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    presets = [t.number for t in done if t.user_attrs.get("preset")]
+    searched = [t for t in done if not t.user_attrs.get("preset")]
+    if not done:
+        return []
+    scales = {o.key: 1.0 for o in objectives}
+    rows = np.array([losses(t.values, objectives, scales) for t in done])
+    m = [o.name for o in objectives].index("miou")
+    slack = []
+    for t in searched:
+        own = losses(t.values, objectives, scales)
+        beaten_by = np.all(rows <= own, axis=1) & np.any(rows < own, axis=1)
+        # the mIoU margin by which the nearest dominating trial beats it (0 on the front)
+        slack.append(float((own[m] - rows[beaten_by, m]).max()) if beaten_by.any() else 0.0)
+    near = sorted((s, t.number) for s, t in zip(slack, searched) if s <= noise)
+    return presets + [n for _, n in near[:limit]]
+
+
+def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol) -> list[Job]:
+    """The (trial, seed) trainings not yet stored in the study, longest (most GMACs) first."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    jobs = []
+    for n in numbers:
+        spec = trial_spec(trials[n]).with_input(height=protocol.height, width=protocol.width)
+        for seed in protocol.seeds:
+            job = Job(n, seed, spec.to_dict(), float(trials[n].user_attrs.get("gmacs", 0.0)))
+            if job.key not in study.user_attrs:
+                jobs.append(job)
+    return sorted(jobs, key=lambda j: -j.gmacs)
+
+
+def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None) -> dict:
+    """One validation training; a failure is a result with its reason, never an exception."""
+    torch.set_num_threads(settings.threads)
+    cfg = TrainConfig(epochs=protocol.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=job.seed,
+                      device=settings.device, shared_dir=shared_dir)
+    try:
+        result = fit(ArchSpec.from_dict(job.spec), data, cfg)
+        return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds}
+    except Exception as exc:
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=3)}
+
+
+def measure_isolated_latency(study: optuna.Study, numbers: Sequence[int], settings: TrialSettings) -> None:
+    """Re-measure each candidate's latency at the study size with nothing else running; stored once."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for n in numbers:
+        key = f"isolated:{n}"
+        if key in study.user_attrs:
+            continue
+        c = measure_costs(trial_spec(trials[n]), settings.device, runs=settings.latency_runs, threads=settings.threads)
+        study.set_user_attr(key, {"latency_ms": c.latency_ms, "latency_iqr_ms": c.latency_iqr_ms})
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validated values of a run and what they say about the search protocol's fidelity."""
+
+    protocol: Protocol
+    table: pd.DataFrame  # one row per candidate: trial, miou_validated(_std, _seeds), latency_ms_isolated
+    front: list[int]  # trials on the front of validated values
+    seed_sd: float  # pooled per-net standard deviation of one seed's mIoU
+    mean_seed_gap: float  # mean |seed a - seed b| over nets with two or more seeds
+    kendall_tau: float  # search-protocol mIoU vs validated mean, over the validated trials
+    margin: float  # two validated means closer than this are indistinguishable (about 95 %)
+
+
+def validated_values(study: optuna.Study, numbers: Sequence[int], protocol: Protocol) -> pd.DataFrame:
+    """Per candidate: each seed's mIoU, their mean and standard deviation, the isolated latency."""
+    attrs, rows = study.user_attrs, []
+    for n in numbers:
+        runs = [attrs.get(f"validated:{n}:{s}") for s in protocol.seeds]
+        mious = [r["miou"] for r in runs if r and r.get("status") == "complete"]
+        failed = [r["reason"] for r in runs if r and r.get("status") == "failed"]
+        iso = attrs.get(f"isolated:{n}", {})
+        rows.append({"trial": n, "miou_validated": float(np.mean(mious)) if mious else math.nan,
+                     "miou_validated_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else math.nan,
+                     "miou_validated_seeds": "/".join(f"{m:.4f}" for m in mious), "validated_seeds": len(mious),
+                     "validation_failure": failed[0] if failed else "",
+                     "latency_ms_isolated": iso.get("latency_ms", math.nan),
+                     "latency_iqr_ms_isolated": iso.get("latency_iqr_ms", math.nan)})
+    return pd.DataFrame(rows, columns=["trial", "miou_validated", "miou_validated_std", "miou_validated_seeds",
+                                       "validated_seeds", "validation_failure", "latency_ms_isolated",
+                                       "latency_iqr_ms_isolated"])
+
+
+def summarise(study: optuna.Study, numbers: Sequence[int], protocol: Protocol,
+              objectives: Sequence[Objective]) -> Validation:
+    """The validated front (every seed finished and latency re-measured) and the fidelity figures."""
+    table = validated_values(study, numbers, protocol)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    full = table[(table["validated_seeds"] == len(protocol.seeds)) & table["latency_ms_isolated"].notna()]
+    front: list[int] = []
+    if len(full):
+        values = [validated_objectives(trials[n], row, objectives) for n, row in full.set_index("trial").iterrows()]
+        ranks = non_domination_ranks(np.array([losses(v, objectives, {o.key: 1.0 for o in objectives}) for v in values]))
+        front = sorted(int(n) for n, r in zip(full["trial"], ranks) if r == 0)
+    seeds = [np.array([float(v) for v in s.split("/")]) for s in full["miou_validated_seeds"]] if len(full) else []
+    multi = [s for s in seeds if len(s) > 1]
+    seed_sd = float(np.sqrt(np.mean([s.var(ddof=1) for s in multi]))) if multi else math.nan
+    gap = float(np.mean([np.abs(s[:, None] - s[None, :])[np.triu_indices(len(s), 1)].mean() for s in multi])) if multi else math.nan
+    tau = math.nan
+    if len(full) > 2:
+        from scipy.stats import kendalltau
+
+        search = [trials[n].user_attrs["miou"] for n in full["trial"]]
+        tau = float(kendalltau(search, full["miou_validated"]).statistic)
+    margin = 2 * seed_sd * math.sqrt(2 / len(protocol.seeds)) if multi else math.nan
+    return Validation(protocol, table, front, seed_sd, gap, tau, margin)
+
+
+def validated_objectives(trial: optuna.trial.FrozenTrial, row: pd.Series, objectives: Sequence[Objective]) -> list[float]:
+    """A trial's objective values with mIoU and latency replaced by their validated figures."""
+    replace = {"miou": row["miou_validated"], "latency_ms": row["latency_ms_isolated"]}
+    return [float(replace.get(o.key, trial.user_attrs[o.key])) for o in objectives]
+
+
+def indistinguishable(front: pd.DataFrame, margin: float) -> dict[int, list[int]]:
+    """For each front member, the others whose validated mIoU is within `margin` of its own."""
+    if not math.isfinite(margin):
+        return {}
+    rows = list(zip(front["trial"], front["miou_validated"]))
+    return {int(a): [int(b) for b, mb in rows if b != a and abs(ma - mb) < margin] for a, ma in rows}
+
+
+def preset_dominance(table: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """For each validated preset, the validated searched net that beats it by the most mIoU at
+    <= its GMACs and <= its isolated latency, and whether that margin exceeds the noise `margin`."""
+    done = table[table["miou_validated"].notna() & table["latency_ms_isolated"].notna()]
+    searched = done[done["preset"].fillna("") == ""]
+    rows = []
+    for _, p in done[done["preset"].fillna("") != ""].iterrows():
+        cheaper = searched[(searched["gmacs"] <= p["gmacs"]) & (searched["latency_ms_isolated"] <= p["latency_ms_isolated"])]
+        best = cheaper.loc[cheaper["miou_validated"].idxmax()] if len(cheaper) else None
+        gain = float(best["miou_validated"] - p["miou_validated"]) if best is not None else math.nan
+        verdict = ("no cheaper net validated" if best is None else "not dominated" if gain < 0 else
+                   "dominated" if gain > margin else "dominated within noise")
+        rows.append({"preset": p["preset"], "miou": p["miou_validated"], "miou_std": p["miou_validated_std"],
+                     "gmacs": p["gmacs"], "latency_ms": p["latency_ms_isolated"],
+                     "by_trial": int(best["trial"]) if best is not None else None,
+                     "by_miou": best["miou_validated"] if best is not None else math.nan,
+                     "by_miou_std": best["miou_validated_std"] if best is not None else math.nan,
+                     "by_gmacs": best["gmacs"] if best is not None else math.nan,
+                     "by_latency_ms": best["latency_ms_isolated"] if best is not None else math.nan,
+                     "gain": gain, "verdict": verdict})
+    return pd.DataFrame(rows)
