@@ -76,8 +76,10 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
                         validation.protocol.label() if validation is not None else None)
     plots.append(plot_hypervolume(run_dir, history))
     dominance = preset_dominance(table, validation.margin) if validation is not None and len(table) else None
-    if dominance is not None:
+    if dominance is not None and len(dominance):
         atomic_write(run_dir / "presets.csv", dominance.to_csv(index=False))
+    else:
+        (run_dir / "presets.csv").unlink(missing_ok=True)
     write_html(run_dir, front, plots, config, history, final_hv, validation, dominance)
     return front
 
@@ -113,7 +115,7 @@ def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: di
     if validated:
         fidelity = "".join(f"<p>{html.escape(s)}</p>" for s in validation_summary(validation))
         fidelity += "<h2>Presets against the validated nets</h2>" + (
-            dominance.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}") if len(dominance)
+            dominance.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}") if dominance is not None and len(dominance)
             else "<p>No preset was validated.</p>")
         basis = f"validated values ({html.escape(validation.protocol.label())}; latency measured alone)"
     else:
