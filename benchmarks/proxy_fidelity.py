@@ -30,7 +30,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
-from nas.pareto import trial_spec  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
 
 BIG_VAL = 256  # validation images of the larger generated split (the default split has 64)
