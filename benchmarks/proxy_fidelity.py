@@ -71,7 +71,7 @@ def train(job: dict) -> dict:
     data = load_data(None, h, w, seed=0)
     result = fit(spec, data, TrainConfig(epochs=job["epochs"], seed=job["seed"]))
     row = {k: job[k] for k in ("trial", "protocol", "seed")}
-    row.update(miou=result.miou, seconds=result.train_seconds + result.eval_seconds)
+    row.update(miou=result.miou, seconds=result.train_seconds + result.eval_seconds, miou_big_val=np.nan)
     if job["protocol"] == "validation":
         big = load_data(None, h, w, seed=0, n_val=BIG_VAL)
         row["miou_big_val"] = evaluate(result.model, big.val, big.info.num_classes, big.info.ignore_index).miou

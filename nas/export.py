@@ -2,26 +2,28 @@
 
 Without `--trial`, the run's best trial (best.yaml's) is exported. `--onnx FILE` writes the network
 with TVConv kernels cached (the generator is not exported) and checks that ONNX Runtime gives the
-same outputs as PyTorch. A search keeps no trained weights: pass `--checkpoint` (from
-`python -m nas.train`) to export trained ones; otherwise the weights are freshly initialised,
-which is what on-device latency measurement needs.
+same outputs as PyTorch. A validated trial carries the weights its validation training left in the
+run folder (the seed with the best validated mIoU unless `--seed` names one), at the validation
+protocol's input size; `--check-miou` runs the validation split through ONNX Runtime and compares
+with the recorded mIoU. Other trials get freshly initialised weights (what on-device latency
+measurement needs) unless `--checkpoint` (from `python -m nas.train`) gives trained ones.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
 import optuna
-import torch
 import yaml
 
 from search_spaces import ArchSpec, build_model
-from trainers.costs import example_input, warm_caches
+from trainers.data import load_data
+from trainers.deploy import export_onnx, onnx_miou, session
 from trainers.train import load_checkpoint
 
 from .cli import UsageError, run
 from .pareto import trial_spec
+from .validate import weights_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the run's best.yaml)")
     p.add_argument("--out", default=None, help="YAML path (default: RUN/trial_<N>.yaml, or RUN/best.yaml's copy)")
     p.add_argument("--onnx", default=None, help="also write this ONNX file, verified against PyTorch")
-    p.add_argument("--checkpoint", default=None, help="weights from nas.train to put in the ONNX file")
+    p.add_argument("--seed", type=int, default=None, help="which validation seed's trained weights to export")
+    p.add_argument("--checkpoint", default=None, help="weights from nas.train to put in the ONNX file instead")
+    p.add_argument("--check-miou", action="store_true",
+                   help="run the validation split through ONNX Runtime and compare with the recorded mIoU")
     return p
 
 
-def load_run_study(run_dir: Path) -> optuna.Study:
+def load_run_config(run_dir: Path) -> dict:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UsageError(f"--run {run_dir}: no config.yaml there (not a run folder of nas.search)")
-    config = yaml.safe_load(config_path.read_text())
+    return yaml.safe_load(config_path.read_text())
+
+
+def load_run_study(run_dir: Path) -> optuna.Study:
+    config = load_run_config(run_dir)
     url = config.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     return optuna.load_study(study_name=config["study"], storage=optuna.storages.RDBStorage(url))
 
@@ -51,45 +60,70 @@ def trial_by_number(study: optuna.Study, number: int) -> ArchSpec:
     return trial_spec(trials[0])
 
 
-def export_onnx(model: torch.nn.Module, spec: ArchSpec, path: Path, atol: float = 1e-4) -> float:
-    """Write ONNX (TVConv kernels cached, batch 1) and return the max |ONNX - PyTorch| difference."""
-    import onnxruntime as ort
+def trial_of_spec(study: optuna.Study, spec: ArchSpec) -> int | None:
+    """The number of a finished trial with exactly this architecture (best.yaml names none)."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "spec" in t.user_attrs and trial_spec(t) == spec:
+            return t.number
+    return None
 
-    warm_caches(model, spec)
-    x = example_input(spec)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=["logits"], dynamo=False,
-                      opset_version=17)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": x.numpy()})[0]
-    diff = float(np.abs(got - expected).max())
-    if diff > atol:
-        raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol})")
-    return diff
+
+def trained_seeds(study: optuna.Study, run_dir: Path, number: int) -> dict[int, float]:
+    """Validation seed -> recorded mIoU, for the seeds whose trained weights are in the run folder."""
+    out = {}
+    for key, record in study.user_attrs.items():
+        if key.startswith(f"validated:{number}:") and record.get("status") == "complete":
+            seed = int(key.rsplit(":", 1)[1])
+            if weights_path(run_dir, number, seed).is_file():
+                out[seed] = float(record["miou"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run)
+    config = load_run_config(run_dir)
+    study = load_run_study(run_dir) if (args.trial is not None or args.onnx) else None
     if args.trial is None:
         best = run_dir / "best.yaml"
         if not best.is_file():
             raise UsageError(f"--run {run_dir}: no best.yaml (the front is empty); name a --trial")
         spec, out = ArchSpec.from_yaml(best), Path(args.out or run_dir / "best_export.yaml")
+        number = trial_of_spec(study, spec) if study is not None else None
     else:
-        spec = trial_by_number(load_run_study(run_dir), args.trial)
+        spec, number = trial_by_number(study, args.trial), args.trial
         out = Path(args.out or run_dir / f"trial_{args.trial:04d}.yaml")
     spec.to_yaml(out)
     print(f"wrote {out} ({spec.tag()})")
-    if args.onnx:
+    if not args.onnx:
+        return 0
+    seeds = trained_seeds(study, run_dir, number) if number is not None and not args.checkpoint else {}
+    if args.seed is not None and args.seed not in seeds:
+        raise UsageError(f"--seed {args.seed}: no trained weights of trial {number} for it "
+                         f"(kept for seeds: {', '.join(map(str, sorted(seeds))) or 'none'})")
+    recorded = None
+    if args.checkpoint:
+        ckpt_spec, model = load_checkpoint(args.checkpoint)
+        if ckpt_spec.with_input(height=spec.input.height, width=spec.input.width) != spec:
+            raise UsageError(f"--checkpoint {args.checkpoint}: its architecture is {ckpt_spec.tag()}, not {spec.tag()}")
+        spec = ckpt_spec
+    elif seeds:
+        seed = args.seed if args.seed is not None else max(seeds, key=seeds.get)
+        spec, model = load_checkpoint(weights_path(run_dir, number, seed))
+        recorded = seeds[seed]
+        print(f"trained weights of trial {number}, validation seed {seed} (validated mIoU {recorded:.4f}; "
+              f"seeds kept: {', '.join(f'{s}: {m:.4f}' for s, m in sorted(seeds.items()))}), "
+              f"input {spec.input.height}x{spec.input.width}")
+    else:
         model = build_model(spec)
-        if args.checkpoint:
-            ckpt_spec, model = load_checkpoint(args.checkpoint)
-            if ckpt_spec != spec:
-                raise UsageError(f"--checkpoint {args.checkpoint}: its architecture is {ckpt_spec.tag()}, not {spec.tag()}")
-        diff = export_onnx(model.eval(), spec, Path(args.onnx))
-        print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch (max abs difference {diff:.1e})")
+        print("no trained weights for this trial (not validated): freshly initialised weights")
+    diff = export_onnx(model.eval(), spec, Path(args.onnx))
+    print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch (max difference {diff:.1e} of the largest logit)")
+    if args.check_miou:
+        data = load_data(config.get("data"), spec.input.height, spec.input.width, seed=config["seed"])
+        got = onnx_miou(session(args.onnx), data.val, data.info.num_classes, data.info.ignore_index).miou
+        against = f"recorded {recorded:.4f}, difference {got - recorded:+.1e}" if recorded is not None else "no recorded value"
+        print(f"validation mIoU through ONNX Runtime: {got:.4f} ({against})")
     return 0
 
 

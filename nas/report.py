@@ -20,6 +20,7 @@ import yaml
 
 from .pareto import (Objective, counted_trials, front_trials, hypervolume, hypervolume_history, losses, pick,
                      trial_spec, trials_table)
+from . import insight
 from .plots import plot_fronts, plot_hypervolume
 from .validate import Validation, indistinguishable, preset_dominance
 
@@ -75,12 +76,18 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     plots = plot_fronts(run_dir, table, numbers, objectives, search_label,
                         validation.protocol.label() if validation is not None else None)
     plots.append(plot_hypervolume(run_dir, history))
+    metrics = insight.run_metrics([o.key for o in objectives], table)
+    importance, found = insight.effects(table, metrics)
+    if len(importance):
+        atomic_write(run_dir / "importance.csv", importance.to_csv(index_label="axis"))
+    plots += insight.plot_marginals(run_dir, table, metrics)
     dominance = preset_dominance(table, validation.margin) if validation is not None and len(table) else None
     if dominance is not None and len(dominance):
         atomic_write(run_dir / "presets.csv", dominance.to_csv(index=False))
     else:
         (run_dir / "presets.csv").unlink(missing_ok=True)
-    write_html(run_dir, front, plots, config, history, final_hv, validation, dominance)
+    write_html(run_dir, front, plots, config, history, final_hv, validation, dominance,
+               what_mattered_html(importance, found))
     return front
 
 
@@ -98,8 +105,21 @@ def validation_summary(validation: Validation) -> list[str]:
             f"validated mean over these {n} nets."]
 
 
+def what_mattered_html(importance: pd.DataFrame, found: list[insight.Effect]) -> str:
+    """The summary of the largest effects and the importance table, or why there is none."""
+    if not len(importance):
+        return (f"<p>Too few trials to say (at least {insight.MIN_TRIALS} with the metric are needed).</p>")
+    lines = "".join(f"<li>{html.escape(e.sentence())}</li>" for e in found)
+    return (f"<ul>{lines}</ul><p>Importance: Optuna's fANOVA, the share of each metric's variance an axis explains "
+            f"(costs in log); mIoU from fully trained trials only. Choices seen in fewer than {insight.MIN_GROUP} "
+            f"trials are not compared; metrics with fewer than {insight.MIN_TRIALS} trials are not assessed. "
+            f"The marginal plots below show each choice's distribution.</p>"
+            + importance.to_html(float_format=lambda v: f"{v:.3f}"))
+
+
 def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: dict, history: list[float],
-               final_hv: float, validation: Validation | None, dominance: pd.DataFrame | None) -> None:
+               final_hv: float, validation: Validation | None, dominance: pd.DataFrame | None,
+               mattered: str = "") -> None:
     """report.html: one self-contained page (images inlined)."""
     imgs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.name}"/>'
@@ -127,6 +147,6 @@ img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid
 <p>{len(history)} trials; search-protocol hypervolume {history[-1] if history else 0:.4f}; hypervolume of the
 final front {final_hv:.4f}. GMACs count one multiply-add as one, at batch 1.</p>
 <h2>Pareto front, from {basis}</h2>{front_html}
-<h2>Fidelity</h2>{fidelity}<h2>Plots</h2>{imgs}
+<h2>Fidelity</h2>{fidelity}<h2>What mattered</h2>{mattered}<h2>Plots</h2>{imgs}
 <h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></body></html>"""
     atomic_write(run_dir / "report.html", page)

@@ -167,8 +167,8 @@ def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Ca
 
     start_ray(cfg)
     task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(_validation_task)
-    shared = str((cfg.run_dir / "validate").resolve())
-    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, shared): job for job in jobs}
+    shared, run_dir = str((cfg.run_dir / "validate").resolve()), str(cfg.run_dir.resolve())
+    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, shared, run_dir): job for job in jobs}
     while in_flight:
         done, _ = ray.wait(list(in_flight), num_returns=1)
         job = in_flight.pop(done[0])
@@ -179,10 +179,10 @@ def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Ca
         record(job, result)
 
 
-def _validation_task(job, data, protocol, settings, shared_dir):
+def _validation_task(job, data, protocol, settings, shared_dir, run_dir):
     from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
 
-    return train_job(job, data, protocol, settings, shared_dir)
+    return train_job(job, data, protocol, settings, shared_dir, run_dir)
 
 
 def gpu_count() -> int:

@@ -9,6 +9,7 @@ import time
 import optuna
 import pandas as pd
 
+from trainers.costs import LATENCY_BACKENDS
 from trainers.data import load_data
 
 from . import runner, study as st, validate as val
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-concurrent", type=int, default=None, help="concurrent trials (default: CPUs / cpus-per-trial)")
     a("--address", default=None, help="address of an existing Ray cluster to run on")
     a("--storage", default=None, help="SQLAlchemy URL of the study database (default: SQLite in the run folder)")
+    a("--latency-backend", default="torch", choices=LATENCY_BACKENDS,
+      help="latency of PyTorch eager, or of ONNX Runtime on the exported graph (batch 1, fixed threads)")
     a("--max-latency-ms", type=float, default=None, help="constraint: trials slower than this are infeasible")
     a("--max-gmacs", type=float, default=None, help="constraint on GMACs")
     a("--max-params", type=float, default=None, help="constraint on parameters")
@@ -105,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
     threads = max(1, int(args.cpus_per_trial))
     settings = TrialSettings(
         epochs=args.epochs, seed=args.seed, threads=threads, device="cuda" if args.gpus_per_trial > 0 else "cpu",
+        latency_backend=args.latency_backend,
         constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
     )
     return st.SearchConfig(

@@ -104,7 +104,8 @@ class SearchConfig:
             "early stopping": "on" if self.early_stopping else "off",
             "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
             "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
-            "latency": f"{s.threads} thread(s), median of {s.latency_runs} runs",
+            "latency": f"{s.threads} thread(s), median of {s.latency_runs} runs"
+                       + ("" if s.latency_backend == "torch" else f", {s.latency_backend}"),
             "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
         }
 

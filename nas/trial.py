@@ -55,6 +55,7 @@ class TrialSettings:
     device: str = "cpu"
     threads: int = 1
     latency_runs: int = 30
+    latency_backend: str = "torch"  # or "onnxruntime": the exported graph, as deployed
     constraints: Constraints = field(default_factory=Constraints)
     faults: FaultPlan = field(default_factory=FaultPlan)
 
@@ -102,7 +103,8 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
     base: dict = {"number": number, "device": settings.device, "attempts": attempt}
     try:
         _inject(settings.faults, number, attempt)
-        costs = measure_costs(spec, settings.device, runs=settings.latency_runs, threads=settings.threads).to_dict()
+        costs = measure_costs(spec, settings.device, runs=settings.latency_runs, threads=settings.threads,
+                              backend=settings.latency_backend).to_dict()
         base.update(costs)
         violated = settings.constraints.violations(costs)
         if violated:

@@ -6,13 +6,15 @@ after the search, every trial that could be on the front (the front plus every t
 seeds, and their latency is re-measured alone. The final front comes from these validated values.
 
 Each finished training is stored in the study at once (a study attribute per trial and seed), so
-a kill during validation loses no finished training and `--resume` counts none twice.
+a kill during validation loses no finished training and `--resume` counts none twice. Its trained
+weights are kept in the run folder (`weights/`), so `nas.export --trial N` exports a trained net.
 """
 from __future__ import annotations
 
 import math
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData
-from trainers.train import TrainConfig, fit
+from trainers.train import TrainConfig, fit, save_checkpoint
 
 from .pareto import Objective, losses, non_domination_ranks, trial_spec
 from .trial import TrialSettings
@@ -95,13 +97,25 @@ def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol
     return sorted(jobs, key=lambda j: -j.gmacs)
 
 
-def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None) -> dict:
-    """One validation training; a failure is a result with its reason, never an exception."""
+def weights_path(run_dir: Path, number: int, seed: int) -> Path:
+    """Where the validated stage keeps a trial's trained weights for one seed (a nas.train checkpoint)."""
+    return Path(run_dir) / "weights" / f"trial_{number:04d}_seed{seed}.pt"
+
+
+def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None,
+              run_dir: str | None = None) -> dict:
+    """One validation training, its weights kept in `run_dir`; a failure is a result with its
+    reason, never an exception."""
     torch.set_num_threads(settings.threads)
     cfg = TrainConfig(epochs=protocol.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=job.seed,
                       device=settings.device, shared_dir=shared_dir)
     try:
-        result = fit(ArchSpec.from_dict(job.spec), data, cfg)
+        spec = ArchSpec.from_dict(job.spec)
+        result = fit(spec, data, cfg)
+        if run_dir is not None:
+            path = weights_path(Path(run_dir), job.number, job.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, result.model.cpu(), spec, result.metrics)
         return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds}
     except Exception as exc:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=3)}
@@ -114,7 +128,8 @@ def measure_isolated_latency(study: optuna.Study, numbers: Sequence[int], settin
         key = f"isolated:{n}"
         if key in study.user_attrs:
             continue
-        c = measure_costs(trial_spec(trials[n]), settings.device, runs=settings.latency_runs, threads=settings.threads)
+        c = measure_costs(trial_spec(trials[n]), settings.device, runs=settings.latency_runs, threads=settings.threads,
+                          backend=settings.latency_backend)
         study.set_user_attr(key, {"latency_ms": c.latency_ms, "latency_iqr_ms": c.latency_iqr_ms})
 
 

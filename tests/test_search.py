@@ -116,3 +116,21 @@ def test_export_any_trial_and_a_verified_onnx(run, tmp_path):
     assert (tmp_path / "t.onnx").stat().st_size > 1000
     with pytest.raises(Exception, match="no such trial"):
         export.main(["--run", str(run.run_dir), "--trial", "999"])
+
+
+def test_export_of_a_validated_trial_carries_its_trained_weights(run, tmp_path, capsys):
+    from nas import export
+    from trainers.data import load_data
+    from trainers.deploy import onnx_miou, session
+    study = open_study(run)
+    records = {k: v for k, v in study.user_attrs.items() if k.startswith("validated:") and v["status"] == "complete"}
+    number, seed = max((int(k.split(":")[1]), int(k.split(":")[2])) for k in records)
+    onnx_path = tmp_path / "trained.onnx"
+    assert export.main(["--run", str(run.run_dir), "--trial", str(number), "--seed", str(seed),
+                        "--onnx", str(onnx_path), "--check-miou"]) == 0
+    assert f"validation seed {seed}" in capsys.readouterr().out
+    data = load_data(None, run.val_height, run.val_width, seed=run.seed)
+    got = onnx_miou(session(onnx_path), data.val, data.info.num_classes, data.info.ignore_index).miou
+    assert got == pytest.approx(records[f"validated:{number}:{seed}"]["miou"], abs=1e-4)
+    with pytest.raises(Exception, match="--seed 77: no trained weights"):
+        export.main(["--run", str(run.run_dir), "--trial", str(number), "--seed", "77", "--onnx", str(onnx_path)])

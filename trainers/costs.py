@@ -10,7 +10,8 @@ Conventions (stated wherever a figure is shown):
 - params: trainable parameters; params_deployed: what inference needs (TVConv's cached per-pixel
   kernels instead of its generator and affinity maps, plus DUpsampling's fixed matrix).
 - latency_ms: batch 1, eval, inference mode, after warm-up, median of N timed runs with the IQR;
-  CUDA timed with events after synchronisation, CPU at a fixed thread count.
+  CUDA timed with events after synchronisation, CPU at a fixed thread count. Backend torch (eager)
+  or onnxruntime (the exported graph, `trainers.deploy`).
 - peak_mem_mb: peak activation memory of one batch-1 inference, weights excluded. CUDA: the
   allocator's peak minus what was allocated before the call. CPU: the peak of the running sum of
   the profiler's allocation/free events during the call (repeatable to the byte).
@@ -161,8 +162,12 @@ def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmu
                 t0 = time.perf_counter_ns()
                 model(x)
                 times.append((time.perf_counter_ns() - t0) / 1e6)
+    return latency_stats(times, device, threads)
+
+
+def latency_stats(times: list[float], device: str, threads: int) -> LatencyStats:
     q = statistics.quantiles(times, n=20)  # 5 % steps: q[1] = p10, q[4] = p25, q[14] = p75, q[17] = p90
-    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], min(times), runs, device, threads)
+    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], min(times), len(times), device, threads)
 
 
 def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> float:
@@ -215,12 +220,22 @@ def _cpu_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
+LATENCY_BACKENDS = ("torch", "onnxruntime")
+
+
 def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: int = 10,
-                  threads: int = 1, model: nn.Module | None = None) -> Costs:
-    """Every cost of `spec` at its input size; builds the model unless one is given."""
+                  threads: int = 1, model: nn.Module | None = None, backend: str = "torch") -> Costs:
+    """Every cost of `spec` at its input size; builds the model unless one is given. Latency is
+    PyTorch eager's (`backend` torch) or ONNX Runtime's on the exported graph (onnxruntime)."""
     model = build_model(spec) if model is None else model
     model.eval()
     gmacs = count_gmacs(model, spec)
-    lat = measure_latency(model, spec, device, warmup, runs, threads)
+    if backend == "onnxruntime":
+        from .deploy import measure_onnx_latency
+        lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
+    elif backend == "torch":
+        lat = measure_latency(model, spec, device, warmup, runs, threads)
+    else:
+        raise ValueError(f"latency backend {backend!r}: one of {', '.join(LATENCY_BACKENDS)}")
     mem = measure_peak_memory_mb(model, spec, device)
     return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)

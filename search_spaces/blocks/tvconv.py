@@ -78,7 +78,10 @@ class TVConv(nn.Module):
         return self._cache
 
     def train(self, mode: bool = True) -> TVConv:
-        self._cache, self._cache_key = None, None
+        # Only training drops the cache: exporters call train(False) before tracing, and a cache
+        # dropped there would trace the generator into the deployed graph.
+        if mode:
+            self._cache, self._cache_key = None, None
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""The deployed network: ONNX export checked against PyTorch, ONNX Runtime latency and mIoU.
+
+PyTorch-eager latency at batch 1 on a small net is mostly per-layer Python dispatch, which no
+deployment pays; ONNX Runtime runs the exported graph (TVConv with its kernels cached, the weight
+generator gone) with graph optimisations, as a phone or car build would. Every session is checked
+against PyTorch before it is timed, so what is timed is the same network.
+"""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_spaces import ArchSpec
+
+from .costs import LatencyStats, example_input, latency_stats, warm_caches
+from .data import Split, to_float
+from .metrics import SegMetrics, confusion_matrix
+
+OPSET = 17
+
+
+def onnx_bytes(model: nn.Module, spec: ArchSpec) -> bytes:
+    """The model as an ONNX graph at batch 1 and the spec's input size, TVConv kernels cached."""
+    model = model.cpu().eval()
+    warm_caches(model, spec)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on the input-shape checks, constant at export
+        torch.onnx.export(model, (example_input(spec),), buffer, input_names=["image"], output_names=["logits"],
+                          dynamo=False, opset_version=OPSET)
+    return buffer.getvalue()
+
+
+def providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for `device`: CUDA's where it is installed, else the CPU's."""
+    import onnxruntime as ort
+
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(graph: bytes | str | Path, device: str = "cpu", threads: int = 1):
+    """An inference session at a fixed thread count, every graph optimisation on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    source = str(graph) if isinstance(graph, (str, Path)) else graph
+    return ort.InferenceSession(source, sess_options=opts, providers=providers(device))
+
+
+def max_difference(model: nn.Module, spec: ArchSpec, sess, tol: float = 1e-4) -> float:
+    """max |ONNX Runtime - PyTorch| on the example input, relative to the largest logit when that
+    is above 1 (float32 rounding grows with magnitude); RuntimeError beyond `tol`."""
+    x = example_input(spec)
+    with torch.inference_mode():
+        expected = model.cpu().eval()(x).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max()))
+    if not diff <= tol:
+        raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {tol}, relative to the largest logit)")
+    return diff
+
+
+def export_onnx(model: nn.Module, spec: ArchSpec, path: Path, tol: float = 1e-4) -> float:
+    """Write the ONNX file; returns its max difference from PyTorch (checked with ONNX Runtime)."""
+    graph = onnx_bytes(model, spec)
+    diff = max_difference(model, spec, session(graph), tol)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(graph)
+    tmp.replace(path)
+    return diff
+
+
+def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
+                         runs: int = 50, threads: int = 1) -> LatencyStats:
+    """Batch-1 ONNX Runtime latency of the exported graph (checked against PyTorch first)."""
+    sess = session(onnx_bytes(model, spec), device, threads)
+    max_difference(model, spec, sess)
+    feed = {"image": example_input(spec).numpy()}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):  # sess.run returns host arrays, so the CUDA provider has finished when it returns
+        t0 = time.perf_counter_ns()
+        sess.run(None, feed)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return latency_stats(times, device, threads)
+
+
+def onnx_miou(sess, split: Split, num_classes: int, ignore_index: int = 255) -> SegMetrics:
+    """Validation metrics of an ONNX Runtime session (batch 1), as `trainers.train.evaluate` computes them."""
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for i in range(len(split)):
+        x = to_float(split.images[i:i + 1]).numpy()
+        pred = torch.from_numpy(sess.run(None, {"image": x})[0]).argmax(1)
+        cm += confusion_matrix(pred, split.masks[i:i + 1], num_classes, ignore_index)
+    return SegMetrics.from_confusion(cm)
