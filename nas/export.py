@@ -2,8 +2,8 @@
 
 Without `--trial`, the run's best trial (best.yaml's) is exported. `--onnx FILE` writes the network
 with TVConv kernels cached (the generator is not exported) and checks that ONNX Runtime gives the
-same outputs as PyTorch. A validated trial carries the weights its validation training left in the
-run folder (the seed with the best validated mIoU unless `--seed` names one), at the validation
+same outputs as PyTorch. A member of the validated front carries the weights its validation training
+left in the run folder (the seed with the best validated mIoU unless `--seed` names one), at the validation
 protocol's input size; `--check-miou` runs the validation split through ONNX Runtime and compares
 with the recorded mIoU. Other trials get freshly initialised weights (what on-device latency
 measurement needs) unless `--checkpoint` (from `python -m nas.train`) gives trained ones.
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
               f"input {spec.input.height}x{spec.input.width}")
     else:
         model = build_model(spec)
-        print("no trained weights for this trial (not validated): freshly initialised weights")
+        print("no trained weights kept for this trial (only the validated front's are): freshly initialised weights")
     diff = export_onnx(model.eval(), spec, Path(args.onnx))
     print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch (max difference {diff:.1e} of the largest logit)")
     if args.check_miou:

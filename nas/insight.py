@@ -24,6 +24,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from search_spaces.space import DILATION_SCHEDULES
+
 MIN_TRIALS = 20
 MIN_GROUP = 5
 # The axes of the space, as columns of the trials table (the stages' widths, depths and dropouts too).
@@ -31,6 +33,8 @@ AXES = ("stages[0].core", "stages[1].core", "stages[2].core", "decoder.kind", "r
         "stages[0].kernel", "stages[1].kernel", "stages[2].kernel",
         "stages[0].dilations", "stages[1].dilations", "stages[2].dilations")
 OTHER_AXES = tuple(f"stages[{i}].{f}" for i in range(3) for f in ("width", "depth", "dropout"))
+# the trials table writes dilation schedules as "2-4-8-16": plots name them as the space does
+SCHEDULES = {"-".join(map(str, v)): k for k, v in DILATION_SCHEDULES.items()}
 # metric column -> (label, higher is better)
 METRICS = {"miou": ("mIoU (fully trained, search protocol)", True),
            "miou_validated": ("mIoU (validated mean)", True),
@@ -149,7 +153,8 @@ def plot_marginals(run_dir, table: pd.DataFrame, metrics: Sequence[str]) -> list
             groups = rows.groupby(rows[axis].astype(str))[metric]
             names = list(groups.groups)
             ax.boxplot([groups.get_group(n).to_numpy() for n in names], showfliers=False)
-            ax.set_xticks(range(1, len(names) + 1), [f"{n}\n(n={len(groups.get_group(n))})" for n in names], fontsize=7)
+            ax.set_xticks(range(1, len(names) + 1), [f"{SCHEDULES.get(n, n)}\n(n={len(groups.get_group(n))})"
+                                                     for n in names], fontsize=7)
             ax.set_title(axis, fontsize=9)
             ax.grid(alpha=0.3)
             if metric != "miou" and metric != "miou_validated":

@@ -102,6 +102,13 @@ def weights_path(run_dir: Path, number: int, seed: int) -> Path:
     return Path(run_dir) / "weights" / f"trial_{number:04d}_seed{seed}.pt"
 
 
+def keep_front_weights(run_dir: Path, front: Sequence[int]) -> None:
+    """Delete the validated weights of trials off the validated front (the front's are what users export)."""
+    for path in (Path(run_dir) / "weights").glob("trial_*_seed*.pt"):
+        if int(path.stem.split("_")[1]) not in front:
+            path.unlink()
+
+
 def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None,
               run_dir: str | None = None) -> dict:
     """One validation training, its weights kept in `run_dir`; a failure is a result with its

@@ -124,7 +124,10 @@ def test_export_of_a_validated_trial_carries_its_trained_weights(run, tmp_path, 
     from trainers.deploy import onnx_miou, session
     study = open_study(run)
     records = {k: v for k, v in study.user_attrs.items() if k.startswith("validated:") and v["status"] == "complete"}
-    number, seed = max((int(k.split(":")[1]), int(k.split(":")[2])) for k in records)
+    front = sorted(pd.read_csv(run.run_dir / "pareto.csv")["trial"])
+    kept = sorted((run.run_dir / "weights").glob("*.pt"))  # the validated front's weights only, every seed
+    assert [p.name for p in kept] == [f"trial_{n:04d}_seed{s}.pt" for n in front for s in run.protocol.seeds]
+    number, seed = max((int(k.split(":")[1]), int(k.split(":")[2])) for k in records if int(k.split(":")[1]) in front)
     onnx_path = tmp_path / "trained.onnx"
     assert export.main(["--run", str(run.run_dir), "--trial", str(number), "--seed", str(seed),
                         "--onnx", str(onnx_path), "--check-miou"]) == 0
