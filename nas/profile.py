@@ -6,6 +6,7 @@ import json
 
 from search_spaces import ArchSpec, build_model
 from trainers.costs import LATENCY_BACKENDS, measure_costs
+from trainers.deploy import default_backend
 
 from .cli import UsageError, parse_size, run
 
@@ -18,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--runs", type=int, default=50, help="timed runs (median reported)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
-    p.add_argument("--latency-backend", default="torch", choices=LATENCY_BACKENDS,
-                   help="PyTorch eager, or ONNX Runtime on the exported graph (checked against PyTorch)")
+    p.add_argument("--latency-backend", default="auto", choices=("auto", *LATENCY_BACKENDS),
+                   help="ONNX Runtime on the exported graph (checked against PyTorch; auto: where it has a "
+                        "provider for the device) or PyTorch eager")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -36,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     if args.runs < 3:
         raise UsageError(f"--runs {args.runs}: at least 3 runs are needed for a median and an IQR")
+    backend = default_backend(args.device) if args.latency_backend == "auto" else args.latency_backend
     try:
         costs = measure_costs(spec, args.device, runs=args.runs, threads=args.threads, model=build_model(spec),
-                              backend=args.latency_backend)
+                              backend=backend)
     except RuntimeError as exc:  # no CUDA provider in this onnxruntime
         raise UsageError(f"--latency-backend {args.latency_backend}: {exc}") from None
     out = {
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  params            {costs.params:>14,d}")
     print(f"  params (deployed) {costs.params_deployed:>14,d}")
     print(f"  GMACs             {costs.gmacs:>14.4f}   (1 multiply-add = 1, batch 1)")
-    print(f"  latency ms        {costs.latency_ms:>14.3f}   (median of {args.runs}, IQR {costs.latency_iqr_ms:.3f}, {args.threads} thread(s), {args.latency_backend})")
+    print(f"  latency ms        {costs.latency_ms:>14.3f}   (median of {args.runs}, IQR {costs.latency_iqr_ms:.3f}, {args.threads} thread(s), {backend})")
     print(f"  peak memory MB    {costs.peak_mem_mb:>14.3f}   (activations of one batch-1 inference)")
     return 0
 

@@ -104,8 +104,7 @@ class SearchConfig:
             "early stopping": "on" if self.early_stopping else "off",
             "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
             "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
-            "latency": f"{s.threads} thread(s), median of {s.latency_runs} runs"
-                       + ("" if s.latency_backend == "torch" else f", {s.latency_backend}"),
+            "latency": f"{s.latency_backend}, {s.threads} thread(s), median of {s.latency_runs} runs",
             "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
         }
 
@@ -254,11 +253,11 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
         study.enqueue_trial(space.encode(spec), user_attrs={"preset": name})
 
 
-def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], device: str) -> dict[str, float]:
+def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], settings: TrialSettings) -> dict[str, float]:
     """Twice the most expensive preset's cost, per cost, at the study size: the fixed HV reference."""
     inp = space.input
-    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), device, runs=10).to_dict()
-             for n in PRESET_NAMES]
+    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), settings.device,
+                           runs=10, backend=settings.latency_backend).to_dict() for n in PRESET_NAMES]
     return {o.key: 2.0 * max(float(c[o.key]) for c in costs) for o in objectives if o.direction == "minimize"}
 
 

@@ -55,7 +55,7 @@ class TrialSettings:
     device: str = "cpu"
     threads: int = 1
     latency_runs: int = 30
-    latency_backend: str = "torch"  # or "onnxruntime": the exported graph, as deployed
+    latency_backend: str = "onnxruntime"  # the exported graph, as deployed; or "torch" (eager)
     constraints: Constraints = field(default_factory=Constraints)
     faults: FaultPlan = field(default_factory=FaultPlan)
 

@@ -137,3 +137,9 @@ def test_export_of_a_validated_trial_carries_its_trained_weights(run, tmp_path, 
     assert got == pytest.approx(records[f"validated:{number}:{seed}"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="--seed 77: no trained weights"):
         export.main(["--run", str(run.run_dir), "--trial", str(number), "--seed", "77", "--onnx", str(onnx_path)])
+
+
+def test_latency_is_onnxruntime_by_default_and_recorded_in_the_meaning(run, tmp_path):
+    assert run.settings.latency_backend == "onnxruntime"
+    assert make_config(tmp_path, "--latency-backend", "torch").settings.latency_backend == "torch"
+    assert open_study(run).user_attrs["trial_meaning"]["latency"].startswith("onnxruntime, 1 thread(s)")

@@ -48,6 +48,15 @@ def providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def default_backend(device: str) -> str:
+    """The latency backend `auto` means: ONNX Runtime where it has a provider for `device`, else PyTorch."""
+    import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "torch"
+    return "onnxruntime"
+
+
 def session(graph: bytes | str | Path, device: str = "cpu", threads: int = 1):
     """An inference session at a fixed thread count, every graph optimisation on."""
     import onnxruntime as ort
