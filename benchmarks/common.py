@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import platform
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -25,6 +27,17 @@ def save(table: pd.DataFrame, name: str) -> Path:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nwrote {path}  ({machine()})")
     return path
+
+
+def run_logged(train: Callable[[dict], dict], jobs: list[dict], log: Path, workers: int) -> None:
+    """Run `train` on every job in `workers` processes; each result row is appended to the CSV `log`
+    as soon as it arrives, so a killed benchmark resumes from what it has (rows need fixed keys)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for i, fut in enumerate(as_completed([pool.submit(train, j) for j in jobs]), 1):
+            row = pd.DataFrame([fut.result()])
+            row.to_csv(log, mode="a", header=not log.exists(), index=False)
+            print(f"[{i}/{len(jobs)}] {row.iloc[0].to_dict()}", flush=True)
 
 
 def sample_specs(space: SearchSpace, n: int, seed: int) -> list[ArchSpec]:

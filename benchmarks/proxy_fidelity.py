@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from itertools import combinations
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, save  # noqa: E402
+from benchmarks.common import RESULTS, machine, run_logged, save  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
 
 BIG_VAL = 256  # validation images of the larger generated split (the default split has 64)
@@ -171,12 +170,7 @@ def main() -> None:
     # the reference longest first, so the two workers finish together
     jobs.sort(key=lambda j: (j["protocol"] == "reference", -j["cost"]))
     print(f"{len(nets)} nets, {len(jobs)} trainings to run ({len(have)} done before)  [{machine()}]", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.workers) as pool:
-        for i, fut in enumerate(as_completed([pool.submit(train, j) for j in jobs]), 1):
-            row = pd.DataFrame([fut.result()])
-            row.to_csv(log, mode="a", header=not log.exists(), index=False)
-            print(f"[{i}/{len(jobs)}] {row.iloc[0].to_dict()}", flush=True)
+    run_logged(train, jobs, log, args.workers)
     runs = pd.read_csv(log)
     runs = runs[runs["trial"].isin(nets["trial"])]
     fidelity, margins = summarise(nets, runs)

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, save  # noqa: E402
+from benchmarks.common import RESULTS, machine, run_logged, save  # noqa: E402
 from search_spaces import ArchSpec, DecoderSpec, build_model  # noqa: E402
 from search_spaces.blocks.factorized import NonBottleneck1D  # noqa: E402
 from search_spaces.blocks.tvconv import TVResidual  # noqa: E402
@@ -162,12 +161,7 @@ def main() -> None:
             for v in VARIANTS for s in range(args.seeds) if (v, s) not in have]
     print(f"{len(VARIANTS)} variants x {args.seeds} seeds at {args.size} x {args.epochs} epochs: "
           f"{len(jobs)} trainings to run  [{machine()}]", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.workers) as pool:
-        for i, fut in enumerate(as_completed([pool.submit(train, j) for j in jobs]), 1):
-            row = pd.DataFrame([fut.result()])
-            row.to_csv(log, mode="a", header=not log.exists(), index=False)
-            print(f"[{i}/{len(jobs)}] {row.iloc[0].to_dict()}", flush=True)
+    run_logged(train, jobs, log, args.workers)
     from trainers.data import load_data
     classes = load_data(None, h, w, seed=0, n_train=2, n_val=2).info.num_classes
     cost = pd.DataFrame([{"variant": v, **costs(v, variant_spec(v, h, w, classes))} for v in VARIANTS])

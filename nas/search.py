@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--val-seeds", type=int, default=2, help="seeds averaged per validated net (at least 2)")
     v.add_argument("--noise", type=float, default=DEFAULT_NOISE,
                    help="search-protocol seed noise in mIoU: trials this close to the front are validated too")
-    v.add_argument("--val-max", type=int, default=16, help="most searched nets validated (front first)")
+    v.add_argument("--val-max", type=int, default=12,
+                   help="most searched nets validated (the front first, spread over it by crowding distance)")
     v.add_argument("--no-validate", action="store_true", help="skip the validated stage (front from the search protocol)")
     return p
 

@@ -27,7 +27,7 @@ from trainers.costs import measure_costs
 from trainers.data import SegData
 from trainers.train import TrainConfig, fit, save_checkpoint
 
-from .pareto import Objective, losses, non_domination_ranks, trial_spec
+from .pareto import Objective, crowding_distances, losses, non_domination_ranks, trial_spec
 from .trial import TrialSettings
 
 # 2 x the mean |seed 0 - seed 1| mIoU gap of one net at the search protocol (0.015, measured on 19
@@ -65,6 +65,9 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
     at most `limit` besides the presets.
 
     A trial is within noise of the front when adding `noise` to its mIoU makes it non-dominated.
+    With four objectives the front alone can exceed `limit`: its members go in order of crowding
+    distance over the front (each objective's extremes first, then the most isolated), so a capped
+    validation still spans the trade-off instead of taking the lowest trial numbers.
     """
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     presets = [t.number for t in done if t.user_attrs.get("preset")]
@@ -80,8 +83,14 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
         beaten_by = np.all(rows <= own, axis=1) & np.any(rows < own, axis=1)
         # the mIoU margin by which the nearest dominating trial beats it (0 on the front)
         slack.append(float((own[m] - rows[beaten_by, m]).max()) if beaten_by.any() else 0.0)
-    near = sorted((s, t.number) for s, t in zip(slack, searched) if s <= noise)
-    return presets + [n for _, n in near[:limit]]
+    on_front = [i for i, s in enumerate(slack) if s == 0]
+    spread = dict.fromkeys(range(len(searched)), 0.0)
+    if on_front:
+        own = np.array([losses(searched[i].values, objectives, scales) for i in on_front])
+        lo, span = own.min(axis=0), np.ptp(own, axis=0)
+        spread.update(zip(on_front, crowding_distances((own - lo) / np.where(span > 0, span, 1.0))))
+    near = sorted((s, -spread[i], searched[i].number) for i, s in enumerate(slack) if s <= noise)
+    return presets + [n for _, _, n in near[:limit]]
 
 
 def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol) -> list[Job]:

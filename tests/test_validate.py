@@ -57,6 +57,16 @@ def test_candidates_are_presets_front_and_trials_within_noise():
     assert val.candidates(study, OBJS, noise=0.03, limit=2) == [0, 1, 2]  # the front first
 
 
+def test_a_capped_validation_spans_the_front_by_crowding():
+    # five searched nets on one front, on a line from accurate-and-costly to cheap at positions
+    # 0, 1, 2, 4, 8 (of 8): the two ends come first (infinite crowding), then by the gap between
+    # each one's neighbours: trial 4 (8 - 2 = 6), trial 3 (4 - 1 = 3), trial 2 (2 - 0 = 2)
+    line = [(0.60 - 0.05 * i, 1.0 - 0.1 * i, 10.0 - i, "") for i in (0, 1, 2, 4, 8)]
+    study = _study([(0.3, 2.0, 20.0, "erfnet")] + line)
+    assert val.candidates(study, OBJS, noise=0.0, limit=2) == [0, 1, 5]
+    assert val.candidates(study, OBJS, noise=0.0, limit=5) == [0, 1, 5, 4, 3, 2]
+
+
 def test_front_and_best_come_from_validated_values_and_isolated_latency(tmp_path):
     study = _study(SEARCH)
     _validate(study, 0, (0.57, 0.59), 9.0)
