@@ -34,8 +34,13 @@ def run_logged(train: Callable[[dict], dict], jobs: list[dict], log: Path, worke
     as soon as it arrives, so a killed benchmark resumes from what it has (rows need fixed keys)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(workers) as pool:
-        for i, fut in enumerate(as_completed([pool.submit(train, j) for j in jobs]), 1):
-            row = pd.DataFrame([fut.result()])
+        futures = {pool.submit(train, j): j for j in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):
+            try:
+                row = pd.DataFrame([fut.result()])
+            except Exception as exc:  # one diverged training must not discard the others; a re-run retries it
+                print(f"[{i}/{len(jobs)}] failed {futures[fut]}: {type(exc).__name__}: {exc}", flush=True)
+                continue
             row.to_csv(log, mode="a", header=not log.exists(), index=False)
             print(f"[{i}/{len(jobs)}] {row.iloc[0].to_dict()}", flush=True)
 

@@ -89,6 +89,20 @@ def variant_model(name: str, spec: ArchSpec) -> nn.Module:
     return model
 
 
+def controlled_init(name: str, spec: ArchSpec, seed: int) -> nn.Module:
+    """The variant with the base network's initial weights wherever it has the same layer (name and
+    shape): an added module would otherwise shift the random stream and re-draw every later layer,
+    so the one change would not be the only difference."""
+    torch.manual_seed(seed)
+    base = build_model(dataclasses.replace(spec, name="erfnet", tvconv_from=0, ratio=1,
+                                           decoder=variant_spec("erfnet", 8, 8, 2).decoder)).state_dict()
+    torch.manual_seed(seed)
+    model = variant_model(name, spec)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in base.items() if k in own and own[k].shape == v.shape}, strict=False)
+    return model
+
+
 def block_params(c: int = 64, k: int = 3) -> tuple[int, int]:
     """Convolution weights of one block of width c: (asymmetric pairs, 3x3 convs) - the claim's unit."""
     asym = 4 * (c * c * k)  # two kx1 + two 1xk
@@ -119,11 +133,11 @@ def train(job: dict) -> dict:
     torch.set_num_threads(1)
     data = load_data(None, job["height"], job["width"], seed=0)
     spec = variant_spec(job["variant"], job["height"], job["width"], data.info.num_classes)
-    torch.manual_seed(job["seed"])
-    model = variant_model(job["variant"], spec)
+    model = controlled_init(job["variant"], spec, job["seed"])
     if job["variant"] == "dec_dupsample":  # DUpsampling's W is fitted to the training labels
         fitted = prepare_model(spec, data, job["seed"])
         model.decoder.set_reconstruction(fitted.decoder.basis, fitted.decoder.mean)
+    torch.manual_seed(job["seed"])  # the same dropout stream for every variant
     result = fit(spec, data, TrainConfig(epochs=job["epochs"], seed=job["seed"]), model=model)
     return {"variant": job["variant"], "seed": job["seed"], "miou": result.miou,
             "seconds": result.train_seconds + result.eval_seconds}
@@ -154,7 +168,7 @@ def main() -> None:
         args.size, args.epochs = "32x64", 2
     h, w = map(int, args.size.split("x"))
     suffix = "_quick" if args.quick else ""
-    log = RESULTS / f"seed_claims_runs{suffix}.csv"
+    log = RESULTS / f"seed_claims_runs_{args.size}_{args.epochs}ep.csv"  # resumes only the same protocol
     done = pd.read_csv(log) if log.exists() else pd.DataFrame(columns=["variant", "seed"])
     have = set(zip(done["variant"], done["seed"]))
     jobs = [{"variant": v, "seed": s, "height": h, "width": w, "epochs": args.epochs}

@@ -2,8 +2,8 @@
 
 Without `--trial`, the run's best trial (best.yaml's) is exported. `--onnx FILE` writes the network
 with TVConv kernels cached (the generator is not exported) and checks that ONNX Runtime gives the
-same outputs as PyTorch. A member of the validated front carries the weights its validation training
-left in the run folder (the seed with the best validated mIoU unless `--seed` names one), at the validation
+same outputs as PyTorch. A validated trial (every member of the validated front is one) carries the
+weights its validation training left in the run folder (the seed with the best validated mIoU unless `--seed` names one), at the validation
 protocol's input size; `--check-miou` runs the validation split through ONNX Runtime and compares
 with the recorded mIoU. Other trials get freshly initialised weights (what on-device latency
 measurement needs) unless `--checkpoint` (from `python -m nas.train`) gives trained ones.
@@ -60,12 +60,13 @@ def trial_by_number(study: optuna.Study, number: int) -> ArchSpec:
     return trial_spec(trials[0])
 
 
-def trial_of_spec(study: optuna.Study, spec: ArchSpec) -> int | None:
-    """The number of a finished trial with exactly this architecture (best.yaml names none)."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "spec" in t.user_attrs and trial_spec(t) == spec:
-            return t.number
-    return None
+def trial_of_spec(study: optuna.Study, run_dir: Path, spec: ArchSpec) -> int | None:
+    """The finished trial with exactly this architecture (best.yaml names none); a sampler may have
+    proposed the same net twice, so the one whose trained weights were kept comes first."""
+    same = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "spec" in t.user_attrs and trial_spec(t) == spec]
+    trained = [n for n in same if trained_seeds(study, run_dir, n)]
+    return (trained or same or [None])[0]
 
 
 def trained_seeds(study: optuna.Study, run_dir: Path, number: int) -> dict[int, float]:
@@ -81,6 +82,12 @@ def trained_seeds(study: optuna.Study, run_dir: Path, number: int) -> dict[int, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, given in (("--check-miou", args.check_miou), ("--seed", args.seed is not None),
+                        ("--checkpoint", args.checkpoint)):
+        if given and not args.onnx:
+            raise UsageError(f"{flag}: only means something with --onnx FILE (the exported network)")
+    if args.seed is not None and args.checkpoint:
+        raise UsageError("--seed and --checkpoint: give one (a validation seed's weights, or a nas.train checkpoint)")
     run_dir = Path(args.run)
     config = load_run_config(run_dir)
     study = load_run_study(run_dir) if (args.trial is not None or args.onnx) else None
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if not best.is_file():
             raise UsageError(f"--run {run_dir}: no best.yaml (the front is empty); name a --trial")
         spec, out = ArchSpec.from_yaml(best), Path(args.out or run_dir / "best_export.yaml")
-        number = trial_of_spec(study, spec) if study is not None else None
+        number = trial_of_spec(study, run_dir, spec) if study is not None else None
     else:
         spec, number = trial_by_number(study, args.trial), args.trial
         out = Path(args.out or run_dir / f"trial_{args.trial:04d}.yaml")
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
               f"input {spec.input.height}x{spec.input.width}")
     else:
         model = build_model(spec)
-        print("no trained weights kept for this trial (only the validated front's are): freshly initialised weights")
+        print("no trained weights for this trial (not validated): freshly initialised weights")
     diff = export_onnx(model.eval(), spec, Path(args.onnx))
     print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch (max difference {diff:.1e} of the largest logit)")
     if args.check_miou:

@@ -4,7 +4,8 @@ Made from the trials table alone (so every statement can be checked against tria
 only fully trained trials (early-stopped ones never reached the last epoch) at the search protocol;
 the validated mIoU is a separate metric, not mixed in, because it comes from another protocol
 (longer training, more seeds) and would favour the axes of the nets chosen for validation.
-Costs are exact for every trial that measured them, stopped ones included.
+Costs come from every trial that measured them, stopped ones included (GMACs, parameters and
+memory exactly; latency as measured in the trial).
 
 Importance is Optuna's fANOVA: the share of the metric's variance each axis explains, costs on a
 log scale (they span orders of magnitude and compose multiplicatively). On this space's runs it
@@ -110,9 +111,12 @@ def effects(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, 
     columns, found = {}, []
     for metric in metrics:
         rows = metric_rows(table, metric)
-        if len(rows) < MIN_TRIALS:
+        if len(rows) < MIN_TRIALS or rows[metric].nunique() < 2:
             continue
-        imp = importances(rows, metric)
+        try:
+            imp = importances(rows, metric)
+        except RuntimeError:  # fANOVA finds no variance to decompose (e.g. every net predicts one class)
+            continue
         columns[f"{metric} ({len(rows)} trials)"] = imp
         for axis in sorted(imp, key=imp.get, reverse=True):
             m = marginal(rows, axis, metric)

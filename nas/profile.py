@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 3:
         raise UsageError(f"--runs {args.runs}: at least 3 runs are needed for a median and an IQR")
     backend = default_backend(args.device) if args.latency_backend == "auto" else args.latency_backend
-    try:
-        costs = measure_costs(spec, args.device, runs=args.runs, threads=args.threads, model=build_model(spec),
-                              backend=backend)
-    except RuntimeError as exc:  # no CUDA provider in this onnxruntime
-        raise UsageError(f"--latency-backend {args.latency_backend}: {exc}") from None
+    if backend == "onnxruntime" and default_backend(args.device) != backend:
+        raise UsageError("--latency-backend onnxruntime: this onnxruntime has no CUDA provider "
+                         "(install onnxruntime-gpu, or use --latency-backend torch)")
+    costs = measure_costs(spec, args.device, runs=args.runs, threads=args.threads, model=build_model(spec),
+                          backend=backend)
     out = {
         "params": costs.params, "params_deployed": costs.params_deployed, "gmacs": costs.gmacs,
         "latency_ms": costs.latency_ms, "latency_iqr_ms": costs.latency_iqr_ms, "peak_mem_mb": costs.peak_mem_mb,

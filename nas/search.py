@@ -220,7 +220,6 @@ def search(cfg: st.SearchConfig) -> int:
                                            cfg.protocol, cfg.objectives)
             front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick, validation)
         if validation is not None:
-            val.keep_front_weights(run_dir, validation.front)
             print("\n".join(validation_summary(validation)))
         _print_front(front)
         if (run_dir / "presets.csv").exists():

@@ -83,14 +83,15 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
         beaten_by = np.all(rows <= own, axis=1) & np.any(rows < own, axis=1)
         # the mIoU margin by which the nearest dominating trial beats it (0 on the front)
         slack.append(float((own[m] - rows[beaten_by, m]).max()) if beaten_by.any() else 0.0)
-    on_front = [i for i, s in enumerate(slack) if s == 0]
+    ranks = non_domination_ranks(rows)
+    on_front = [i for i, t in enumerate(searched) if ranks[done.index(t)] == 0]  # zero slack alone admits cost-dominated ties
     spread = dict.fromkeys(range(len(searched)), 0.0)
     if on_front:
         own = np.array([losses(searched[i].values, objectives, scales) for i in on_front])
         lo, span = own.min(axis=0), np.ptp(own, axis=0)
         spread.update(zip(on_front, crowding_distances((own - lo) / np.where(span > 0, span, 1.0))))
-    near = sorted((s, -spread[i], searched[i].number) for i, s in enumerate(slack) if s <= noise)
-    return presets + [n for _, _, n in near[:limit]]
+    near = sorted((i not in on_front, s, -spread[i], searched[i].number) for i, s in enumerate(slack) if s <= noise)
+    return presets + [n for *_, n in near[:limit]]
 
 
 def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol) -> list[Job]:
@@ -109,13 +110,6 @@ def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol
 def weights_path(run_dir: Path, number: int, seed: int) -> Path:
     """Where the validated stage keeps a trial's trained weights for one seed (a nas.train checkpoint)."""
     return Path(run_dir) / "weights" / f"trial_{number:04d}_seed{seed}.pt"
-
-
-def keep_front_weights(run_dir: Path, front: Sequence[int]) -> None:
-    """Delete the validated weights of trials off the validated front (the front's are what users export)."""
-    for path in (Path(run_dir) / "weights").glob("trial_*_seed*.pt"):
-        if int(path.stem.split("_")[1]) not in front:
-            path.unlink()
 
 
 def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None,

@@ -69,3 +69,10 @@ def test_marginal_plots_are_written(tmp_path):
     paths = insight.plot_marginals(tmp_path, synthetic_table(), ["miou", "gmacs"])
     assert [p.name for p in paths] == ["marginals_miou.png", "marginals_gmacs.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_a_constant_metric_is_not_assessed_and_does_not_fail_the_report():
+    table = synthetic_table()
+    table["miou"] = 0.05  # e.g. every net of a very short run predicts one class
+    importance, found = insight.effects(table, ["miou", "gmacs"])
+    assert [e.metric for e in found] == ["gmacs"] and not any(c.startswith("miou") for c in importance.columns)
