@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/latency_backends.py
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/search_quality.py
