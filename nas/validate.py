@@ -69,28 +69,26 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
     distance over the front (each objective's extremes first, then the most isolated), so a capped
     validation still spans the trade-off instead of taking the lowest trial numbers.
     """
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    presets = [t.number for t in done if t.user_attrs.get("preset")]
-    searched = [t for t in done if not t.user_attrs.get("preset")]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return []
-    scales = {o.key: 1.0 for o in objectives}
-    rows = np.array([losses(t.values, objectives, scales) for t in done])
+    presets = [t.number for t in done if t.user_attrs.get("preset")]
+    searched = [i for i, t in enumerate(done) if not t.user_attrs.get("preset")]  # indices into done
+    rows = np.array([losses(t.values, objectives, {o.key: 1.0 for o in objectives}) for t in done])
     m = [o.name for o in objectives].index("miou")
     slack = []
-    for t in searched:
-        own = losses(t.values, objectives, scales)
-        beaten_by = np.all(rows <= own, axis=1) & np.any(rows < own, axis=1)
+    for i in searched:
+        beaten_by = np.all(rows <= rows[i], axis=1) & np.any(rows < rows[i], axis=1)
         # the mIoU margin by which the nearest dominating trial beats it (0 on the front)
-        slack.append(float((own[m] - rows[beaten_by, m]).max()) if beaten_by.any() else 0.0)
-    ranks = non_domination_ranks(rows)
-    on_front = [i for i, t in enumerate(searched) if ranks[done.index(t)] == 0]  # zero slack alone admits cost-dominated ties
-    spread = dict.fromkeys(range(len(searched)), 0.0)
+        slack.append(float((rows[i, m] - rows[beaten_by, m]).max()) if beaten_by.any() else 0.0)
+    ranks = non_domination_ranks(rows)  # zero slack alone would admit cost-dominated ties
+    on_front = [i for i in searched if ranks[i] == 0]
+    spread = dict.fromkeys(searched, 0.0)
     if on_front:
-        own = np.array([losses(searched[i].values, objectives, scales) for i in on_front])
+        own = rows[on_front]
         lo, span = own.min(axis=0), np.ptp(own, axis=0)
         spread.update(zip(on_front, crowding_distances((own - lo) / np.where(span > 0, span, 1.0))))
-    near = sorted((i not in on_front, s, -spread[i], searched[i].number) for i, s in enumerate(slack) if s <= noise)
+    near = sorted((ranks[i] != 0, s, -spread[i], done[i].number) for i, s in zip(searched, slack) if s <= noise)
     return presets + [n for *_, n in near[:limit]]
 
 
