@@ -1,23 +1,30 @@
-"""Search quality: what each strategy finds per unit of compute, on the embedded data.
+"""Search quality: the validated front each strategy finds for the same budget, seed by seed.
 
-Strategies, each with the same budget (trials, presets included) and seeds:
-  nsga2_es  NSGA-II + ASHA early stopping on mIoU (the first default)
-  nsga2     NSGA-II, every trial trained to the end
-  tpe       multivariate TPE + early stopping (the default since this benchmark)
-  random    random sampling + early stopping
+Every strategy is a `--sampler` of `nas.search`, run with the product's defaults (32x64, 3 epochs,
+multi-objective early stopping, presets first) for the same trial budget and the same seeds. Each
+run's front candidates (the presets and up to --val-max searched nets, chosen as the validated stage
+chooses them) are then retrained at the validation protocol (32x64, 10 epochs, 2 seeds), and the
+*validated* front's hypervolume is the figure compared. The validation seeds are the same for
+every run, and a (net, seed) training is done once and reused by every run that validates that
+net (training is deterministic), so runs differ only by what their search found.
 
-Every hypervolume uses ONE fixed reference for all runs: losses 1 - mIoU and cost / scale with the
-scales of the first run (twice the largest preset cost at the study size), reference point 1.
-Final hypervolume is compared at equal budget, and again at equal wall-clock (each run's curve read
-at the shortest run's total time).
+Hypervolume: losses 1 - mIoU and cost / scale, where every scale is twice the largest preset cost
+at 32x64 (measured by the first run, then fixed for all), reference point 1 in every objective;
+latency is the search's in-trial measurement. Wall-clock: the search command, plus the validation
+trainings' own seconds divided by the 2 concurrent trainings the validated stage runs.
 
-    python benchmarks/search_quality.py --quick        # 1 seed, budget 12, 2 epochs (minutes)
-    python benchmarks/search_quality.py                # 3 seeds, budget 40, 3 epochs (under an hour on 2 cores)
+Headroom (--headroom N): N random architectures trained 1 epoch (the first rung), their front
+validated the same way: how much front a random pool of that size holds.
+
+    python benchmarks/search_quality.py --quick     # 2 strategies, 1 seed, budget 10 (minutes)
+    python benchmarks/search_quality.py             # 5 strategies x 5 seeds, budget 20 (about an hour on 2 cores)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import time
 import warnings
@@ -28,34 +35,116 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
-from nas.pareto import counted_trials, hypervolume_history  # noqa: E402
+from nas import runner, validate as val  # noqa: E402
+from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
 from nas.search import build_parser, config_from_args, search  # noqa: E402
+from trainers.data import load_data  # noqa: E402
 
-STRATEGIES = {
-    "nsga2_es": ["--sampler", "nsga2"],
-    "nsga2": ["--sampler", "nsga2", "--no-early-stopping"],
-    "tpe": ["--sampler", "tpe"],
-    "random": ["--sampler", "random"],
-}
+STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
+OBJECTIVES = parse_objectives("miou,gmacs,latency,memory")
+CACHE = RESULTS / "search_quality_validation.jsonl"
 
 
-def run_one(out: Path, name: str, seed: int, budget: int, epochs: int) -> tuple[optuna.Study, float, dict]:
+class ValidationCache:
+    """(architecture, seed) -> validation result, on disk so a re-run of the benchmark reuses it."""
+
+    def __init__(self, path: Path):
+        self.path, self.results = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.results[(row["arch"], row["seed"])] = row["result"]
+
+    @staticmethod
+    def arch(spec: dict, protocol: val.Protocol) -> str:
+        """The trained thing: the architecture (at the protocol's size) and the protocol's epochs."""
+        return json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "epochs": protocol.epochs}, sort_keys=True)
+
+    def add(self, arch: str, seed: int, result: dict) -> None:
+        self.results[(arch, seed)] = result
+        with self.path.open("a") as f:
+            f.write(json.dumps({"arch": arch, "seed": seed, "result": result}) + "\n")
+
+
+def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, protocol: val.Protocol, val_max: int,
+                          scales: dict) -> tuple[float, float, int]:
+    """Validate the run's candidates (reusing cached trainings); returns (HV, validation seconds, nets)."""
+    numbers = val.candidates(study, OBJECTIVES, cfg.noise, val_max)
+    jobs = val.pending_jobs(study, numbers, protocol)
+    todo = []
+    for job in jobs:
+        key = (ValidationCache.arch(job.spec, protocol), job.seed)
+        if key in cache.results:
+            study.set_user_attr(job.key, cache.results[key])
+        else:
+            todo.append(job)
+    if todo:
+        data = load_data(None, protocol.height, protocol.width, seed=cfg.seed)
+        _, ref = runner.share_data(cfg, data)
+
+        def record(job, result):
+            result = {k: v for k, v in result.items() if k != "traceback"}
+            study.set_user_attr(job.key, result)
+            cache.add(ValidationCache.arch(job.spec, protocol), job.seed, result)
+
+        runner.run_validation(cfg, todo, ref, protocol, record)
+    table = val.validated_values(study, numbers, protocol)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows, seconds = [], 0.0
+    for _, row in table.iterrows():
+        n = int(row["trial"])
+        seconds += sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0) for s in protocol.seeds)
+        if row["validated_seeds"] == len(protocol.seeds):
+            values = [row["miou_validated"] if o.key == "miou" else trials[n].user_attrs[o.key] for o in OBJECTIVES]
+            rows.append(losses(values, OBJECTIVES, scales))
+    return hypervolume(rows), seconds / 2, len(numbers)
+
+
+def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol: val.Protocol, val_max: int,
+            cache: ValidationCache, scales: dict | None) -> tuple[dict, pd.DataFrame, dict]:
     study_name = f"{name}-s{seed}"
     args = ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
-            "--study", study_name, "--force", *STRATEGIES[name]]
+            "--study", study_name, "--force", "--no-validate", "--sampler", name]
     cfg = dataclasses.replace(config_from_args(build_parser().parse_args(args)), quiet=True)
     start = time.time()
     search(cfg)
-    storage = f"sqlite:///{out / study_name / 'study.db'}"
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    return study, start, study.user_attrs["hypervolume_scales"]
-
-
-def hv_curve(study: optuna.Study, start: float, scales: dict, objectives) -> pd.DataFrame:
-    """Hypervolume after each finished trial, against wall-clock seconds since the search began."""
+    wall = time.time() - start
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / study_name / 'study.db'}")
+    scales = scales or study.user_attrs["hypervolume_scales"]  # one fixed reference for every run
+    hv, val_s, nets = validated_hypervolume(cfg, study, cache, protocol, val_max, scales)
     trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
-    return pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
-                         "hypervolume": hypervolume_history(trials, objectives, scales)})
+    curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
+                          "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
+    curve["strategy"], curve["seed"] = name, seed
+    row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "validated_hv": hv,
+           "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
+           "total_s": wall + val_s, "validated_nets": nets,
+           "complete": sum(t.user_attrs.get("status") == "complete" for t in trials)}
+    return row, curve, scales
+
+
+def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
+    """Per strategy: mean validated HV, and the paired (by seed) difference to the baseline with its 95 % CI."""
+    from scipy import stats
+
+    wide = table.pivot(index="seed", columns="strategy", values="validated_hv")
+    walls = table.groupby("strategy")["total_s"].mean()
+    rows = []
+    for name in wide.columns:
+        diff = (wide[name] - wide[baseline]).dropna()
+        half = float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+        rows.append({"strategy": name, "seeds": int(wide[name].notna().sum()), "validated_hv": wide[name].mean(),
+                     "validated_hv_sd": wide[name].std(ddof=1), f"ratio_to_{baseline}": wide[name].mean() / wide[baseline].mean(),
+                     "diff": diff.mean(), "diff_ci_low": diff.mean() - half, "diff_ci_high": diff.mean() + half,
+                     "mean_total_s": walls[name]})
+    return pd.DataFrame(rows).sort_values("validated_hv", ascending=False)
+
+
+def headroom(n: int, protocol: val.Protocol, val_max: int, cache: ValidationCache, scales: dict, out: Path) -> dict:
+    """A random pool of `n` nets at the first rung (1 epoch), its front validated like a run's."""
+    row, _, _ = run_one(out, "random", 999, n, 1, protocol, val_max, cache, scales)
+    return {"strategy": f"headroom: random pool of {n} at 1 epoch", "validated_hv": row["validated_hv"],
+            "total_s": row["total_s"]}
 
 
 def plot(curves: pd.DataFrame, path: Path) -> None:
@@ -64,13 +153,13 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.4))
+    colors = dict(zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
     for (name, seed), c in curves.groupby(["strategy", "seed"]):
-        color = {"nsga2_es": "tab:red", "nsga2": "tab:orange", "tpe": "tab:blue", "random": "tab:gray"}[name]
-        ax.step(c["seconds"], c["hypervolume"], where="post", color=color, alpha=0.8,
+        ax.step(c["seconds"], c["hypervolume"], where="post", color=colors.get(name, "k"), alpha=0.7,
                 label=name if seed == curves[curves.strategy == name].seed.min() else None)
-    ax.set_xlabel("wall-clock seconds")
-    ax.set_ylabel("hypervolume (normalised, fixed reference)")
-    ax.set_title("Hypervolume against wall-clock time, by strategy and seed")
+    ax.set_xlabel("wall-clock seconds of the search")
+    ax.set_ylabel("hypervolume at the search protocol")
+    ax.set_title("Search-protocol hypervolume against wall-clock, by strategy and seed")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -80,45 +169,55 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 seed, budget 12, 2 epochs")
+    p.add_argument("--quick", action="store_true", help="random and local, 1 seed, budget 10, 2 epochs")
     p.add_argument("--budget", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--val-epochs", type=int, default=None, help="validation protocol epochs (10; quick 3)")
+    p.add_argument("--val-max", type=int, default=4, help="searched nets validated per run (presets always)")
+    p.add_argument("--strategies", default=None)
+    p.add_argument("--headroom", type=int, default=0, help="size of the random first-rung pool (0: skip)")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    budget = args.budget or (12 if args.quick else 40)
+    budget = args.budget or (10 if args.quick else 20)
     epochs = args.epochs or (2 if args.quick else 3)
-    seeds = range(args.seeds or (1 if args.quick else 3))
+    seeds = range(args.seeds or (1 if args.quick else 5))
+    strategies = (args.strategies or ("random,local" if args.quick else ",".join(STRATEGIES))).split(",")
+    protocol = val.Protocol(32, 64, args.val_epochs or (3 if args.quick else 10), (1000, 1001))
     out = RESULTS / "search_quality_runs"
-    from nas.pareto import parse_objectives
-    objectives = parse_objectives("miou,gmacs,latency,memory")
-    curves, reference = [], None
+    suffix = "_quick" if args.quick else ""
+    curves_path = RESULTS / f"search_quality_curves{suffix}.csv"
+    cache = ValidationCache(CACHE)
+    log = RESULTS / f"search_quality_runs{suffix}.csv"
+    done = pd.read_csv(log) if log.exists() else pd.DataFrame(columns=["strategy", "seed", "budget", "epochs"])
+    same = (done["budget"] == budget) & (done["epochs"] == epochs) & (done.get("val_epochs", protocol.epochs) == protocol.epochs)
+    done = done[same]
+    scales = None
+    scales_path = RESULTS / "search_quality_scales.json"
+    if scales_path.exists():
+        scales = json.loads(scales_path.read_text())
     for seed in seeds:
-        for name in args.strategies.split(","):
-            study, start, scales = run_one(out, name, seed, budget, epochs)
-            reference = reference or scales  # one fixed reference for every run
-            c = hv_curve(study, start, reference, objectives)
-            c["strategy"], c["seed"] = name, seed
-            curves.append(c)
-            print(f"{name} seed {seed}: final HV {c['hypervolume'].iloc[-1]:.4f} in {c['seconds'].iloc[-1]:.0f} s", flush=True)
-    curves = pd.concat(curves)
-    equal_time = curves.groupby(["strategy", "seed"])["seconds"].max().min()
-    rows = []
-    for (name, seed), c in curves.groupby(["strategy", "seed"]):
-        rows.append({"strategy": name, "seed": seed, "final_hv": c["hypervolume"].iloc[-1],
-                     "hv_at_equal_time": c[c["seconds"] <= equal_time]["hypervolume"].max(),
-                     "wall_s": c["seconds"].iloc[-1], "trials": len(c)})
-    table = pd.DataFrame(rows)
-    save(curves, "search_quality_curves")
-    save(table, "search_quality")
-    summary = table.groupby("strategy").agg(final_hv=("final_hv", "mean"), final_hv_sd=("final_hv", "std"),
-                                            hv_at_equal_time=("hv_at_equal_time", "mean"), wall_s=("wall_s", "mean"))
-    summary = summary.sort_values("final_hv", ascending=False).reset_index()
-    save(summary, "search_quality_summary")
-    plot(curves, RESULTS / "search_quality.png")
-    print(f"\nequal wall-clock cut-off: {equal_time:.0f} s; budget {budget}, {epochs} epochs, {len(seeds)} seed(s); {machine()}")
+        for name in strategies:
+            if ((done["strategy"] == name) & (done["seed"] == seed)).any():
+                continue  # resumed: this run is in the log
+            row, curve, scales = run_one(out, name, seed, budget, epochs, protocol, args.val_max, cache, scales)
+            scales_path.write_text(json.dumps(scales))
+            pd.DataFrame([row]).to_csv(log, mode="a", header=not log.exists(), index=False)
+            curve.to_csv(curves_path, mode="a", index=False, header=not curves_path.exists())
+            print(f"{name} seed {seed}: validated HV {row['validated_hv']:.4f}, search {row['search_wall_s']:.0f} s "
+                  f"+ validation {row['validation_s']:.0f} s", flush=True)
+    table = pd.read_csv(log)
+    table = table[(table["budget"] == budget) & (table["epochs"] == epochs) & (table["val_epochs"] == protocol.epochs)
+                  & table["strategy"].isin(strategies) & table["seed"].isin(list(seeds))]
+    summary = paired(table) if "random" in strategies else table
+    if args.headroom:
+        summary = pd.concat([summary, pd.DataFrame([headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)])])
+    save(summary, f"search_quality{suffix}")
+    if curves_path.exists():
+        plot(pd.read_csv(curves_path), RESULTS / f"search_quality{suffix}.png")
+    print(f"\nbudget {budget} trials incl. 4 presets, {epochs} epochs, {len(seeds)} seed(s), validation {protocol.label()}, "
+          f"{len(strategies)} strategies; {machine()}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .pareto import COUNTED, Objective, counted_trials
 from .trial import TrialSettings
 from .validate import Protocol
 
-SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local")
 HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
 GRACE_S = 60  # a RUNNING trial whose heartbeat is older than this belongs to a dead driver
 
@@ -114,17 +114,23 @@ class SearchConfig:
         return d
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=20)
+def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Objective, ...] = ()) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler `--sampler name` means (the space is sampled flat: see SearchSpace.sample)."""
+    if name in ("nsga2", "nsga3"):
+        # A population sized to the budget, so that even a small search breeds a few generations
+        # (the default of 50 would leave a 100-trial search in its random first two).
+        population = max(8, min(50, budget // 5))
+        cls = optuna.samplers.NSGAIISampler if name == "nsga2" else optuna.samplers.NSGAIIISampler
+        return cls(seed=seed, population_size=population)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=12)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
+    if name == "local":
+        from .strategy import FrontLocalSampler
+        return FrontLocalSampler(objectives, seed=seed)
     raise ValueError(f"--sampler {name!r}: one of {list(SAMPLERS)}")
 
 
@@ -167,12 +173,12 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     except Exception as exc:
         raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
     study = optuna.create_study(
-        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.sampler, cfg.seed),
+        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.sampler, cfg.seed, cfg.budget, cfg.objectives),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
     )
     if study.trials:
         # A resumed sampler must not replay the random stream the first run already used.
-        study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials))
+        study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials), cfg.budget, cfg.objectives)
     return study
 
 

@@ -124,12 +124,18 @@ class SearchSpace:
     params: tuple[Choice | IntRange, ...] = PARAMS
 
     def sample(self, trial: Any) -> ArchSpec:
-        """Define-by-run sampling on an Optuna trial (or FixedTrial); returns a valid spec."""
-        values: dict[str, Any] = {}
-        for p in self.params:
-            if p.active(values):
-                values[p.name] = p.suggest(trial)
-        return self.decode(values)
+        """Sampling on an Optuna trial (or FixedTrial); returns a valid spec.
+
+        Every parameter is suggested, the inactive ones too (then ignored): the space is flat, so
+        a model-based sampler (TPE, GP, NSGA-II) sees one fixed search space and models every
+        parameter, where conditional ones (EDANet growth, decoder widths) would be sampled at random.
+        """
+        values = {p.name: p.suggest(trial) for p in self.params}
+        return self.decode(self.active_values(values))
+
+    def active_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of the parameters that are active under `values` (what `decode` takes)."""
+        return {p.name: values[p.name] for p in self.active_params(values) if p.name in values}
 
     def active_params(self, values: Mapping[str, Any]) -> list[Choice | IntRange]:
         out, seen = [], {}

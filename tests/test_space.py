@@ -15,7 +15,7 @@ def sampled(n, seed):
     out = []
     for _ in range(n):
         trial = study.ask()
-        out.append((SPACE.sample(trial), trial.params))
+        out.append((SPACE.sample(trial), SPACE.active_values(trial.params)))
         study.tell(trial, 0.0)
     return out
 
@@ -40,8 +40,9 @@ def test_same_seed_same_specs_different_seed_different():
 
 
 def test_fixed_trial_replays_params_through_the_same_code():
-    spec, params = sampled(1, seed=3)[0]
-    assert SPACE.sample(optuna.trial.FixedTrial(params)) == spec
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
+    spec = SPACE.sample(trial)
+    assert SPACE.sample(optuna.trial.FixedTrial(trial.params)) == spec
 
 
 def test_decode_rejects_params_outside_the_space():
@@ -59,6 +60,16 @@ def test_conditional_parameters_and_distributions():
         for i, st in enumerate(spec.stages, 1):
             assert (f"stage{i}.growth" in params) == (st.core == "eda")
         assert set(SPACE.distributions(params)) == set(params)
+
+
+def test_sampling_is_flat_so_every_trial_has_the_same_search_space():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=6))
+    for _ in range(20):
+        trial = study.ask()
+        spec = SPACE.sample(trial)
+        assert set(trial.params) == {p.name for p in PARAMS}  # inactive ones included, then ignored
+        assert SPACE.decode(SPACE.active_values(trial.params)) == spec
+        study.tell(trial, 0.0)
 
 
 def test_description_lists_every_parameter_once():

@@ -1,0 +1,257 @@
+"""`--sampler local`: local search around the front, each proposal screened by a cheap model.
+
+What this space offers and generic samplers ignore: every cost (GMACs, parameters, latency, memory)
+is measured for every trial, the early-stopped ones too, so cost data accrue at every trial while
+mIoU accrues only from fully trained ones; and good lightweight nets sit near each other (one
+width or core away). Each proposal:
+
+1. until `startup` trials have finished training, a random point (the presets come first anyway);
+2. then `candidates` points: most change one or two parameters of a front member (picked with
+   probability growing with its exclusive hypervolume, so the members that carry the front are
+   explored most), a quarter are random points (so the search never stops exploring);
+3. each candidate's objectives are predicted by ridge regressions on the parameters' one-hot
+   codes, fitted to the trials so far (log cost on every measured trial, mIoU on the fully trained
+   ones). A mutant's prediction is its parent's measured value moved by the model's difference
+   between the two, so a weak model only has to get the direction of a small change right;
+4. the candidate with the largest predicted hypervolume gain over the current front is proposed
+   (failing any gain, the one closest to the front); a point already tried or in flight never is.
+
+Proposals are a function of the seed, the trial number and the study's contents, so the same
+seed and history give the same proposals, and a resumed search continues deterministically.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces.space import PARAMS, Choice, IntRange
+
+from .pareto import Objective, hypervolume, non_domination_ranks
+
+RIDGE = 1.0  # ridge penalty on standardised one-hot features: strong, there are ~100 features
+OPTIMISM = 0.5  # predicted mIoU is raised by this many residual sds for points far from any trial
+
+
+def features(values: dict[str, Any], params: Sequence[Choice | IntRange] = PARAMS) -> np.ndarray:
+    """One-hot codes of the active choices, integer ranges scaled to [0, 1]; inactive ones zero."""
+    seen: dict[str, Any] = {}
+    out: list[float] = []
+    for p in params:
+        active = p.active(seen)
+        seen[p.name] = values.get(p.name) if active else None
+        if isinstance(p, IntRange):
+            out.append((values[p.name] - p.low) / max(1, p.high - p.low) if active else 0.0)
+        else:
+            out += [float(active and values.get(p.name) == c) for c in p.choices]
+    return np.asarray(out)
+
+
+def active_key(values: dict[str, Any], params: Sequence[Choice | IntRange] = PARAMS) -> tuple:
+    """The identity of the architecture a flat parameter set decodes to (inactive values dropped)."""
+    seen: dict[str, Any] = {}
+    for p in params:
+        if p.active(seen):
+            seen[p.name] = values[p.name]
+    return tuple(sorted(seen.items()))
+
+
+class Ridge:
+    """Ridge regression on standardised features (closed form): cheap enough to refit per proposal."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, penalty: float = RIDGE):
+        self.mean, self.scale = x.mean(0), x.std(0) + 1e-9
+        z = (x - self.mean) / self.scale
+        self.intercept = float(y.mean())
+        self.coef = np.linalg.solve(z.T @ z + penalty * np.eye(z.shape[1]), z.T @ (y - self.intercept))
+        self.sd = float(np.sqrt(np.mean((self.predict(x) - y) ** 2))) if len(y) > 1 else 0.0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + ((x - self.mean) / self.scale) @ self.coef
+
+
+class FrontLocalSampler(optuna.samplers.BaseSampler):
+    """Proposes whole architectures (see the module docstring); Optuna asks it one parameter at a time."""
+
+    def __init__(self, objectives: Sequence[Objective], seed: int = 0, startup: int = 8, candidates: int = 32,
+                 explore: float = 0.25, params: Sequence[Choice | IntRange] = PARAMS):
+        self.objectives, self.seed, self.startup = tuple(objectives), seed, startup
+        self.n_candidates, self.explore, self.params = candidates, explore, tuple(params)
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._proposals: dict[int, dict[str, Any]] = {}
+        self._features: dict[int, np.ndarray] = {}  # per trial id: a trial's parameters never change
+        self._keys: dict[int, tuple] = {}
+
+    # --- Optuna's sampler interface -------------------------------------------------------------
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.system_attrs.get("fixed_params"):
+            return  # an enqueued preset or re-queued trial: its parameters are given
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread: the driver shares the cores with the trials, and a multi-threaded solve
+        # of this size spins far longer than it computes.
+        with threadpool_limits(limits=1):
+            self._proposals[trial._trial_id] = self.propose(study.get_trials(deepcopy=False), trial.number,
+                                                            study.user_attrs.get("hypervolume_scales", {}))
+
+    def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        proposal = self._proposals.get(trial._trial_id, {})
+        if param_name in proposal:
+            return proposal[param_name]
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._proposals.pop(trial._trial_id, None)
+
+    # --- the strategy ---------------------------------------------------------------------------
+    def propose(self, trials: Sequence[FrozenTrial], number: int, scales: dict[str, float]) -> dict[str, Any]:
+        """The flat parameter set to try as trial `number`, given every trial so far."""
+        rng = np.random.default_rng([self.seed, number])
+        known = [t for t in trials if t.params and set(t.params) >= {p.name for p in self.params}]
+        tried = {self._key(t) for t in known}
+        done = [t for t in known if t.state == TrialState.COMPLETE and t.values]
+        if len(done) < self.startup:
+            return self._fresh(rng, tried, lambda: self.random_point(rng))
+        scales = self._scales(known, scales)
+        front_losses, parents = self._front(done, scales)
+        models = self._fit(known, done, scales)
+        weights = self._parent_weights(front_losses)
+        cands: list[tuple[dict, FrozenTrial | None]] = []
+        for _ in range(self.n_candidates):
+            if rng.random() < self.explore:
+                point, parent = self.random_point(rng), None
+            else:
+                parent = parents[rng.choice(len(parents), p=weights)]
+                point = self.mutate(parent.params, rng)
+            if active_key(point, self.params) not in tried:
+                cands.append((point, parent))
+                tried.add(active_key(point, self.params))
+        if not cands:
+            return self._fresh(rng, tried, lambda: self.random_point(rng))
+        predicted = self._predict(cands, models, scales)
+        return cands[int(np.argmax(self._scores(predicted, front_losses)))][0]
+
+    def random_point(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {p.name: self._draw(p, rng) for p in self.params}
+
+    def mutate(self, values: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Change one or two of the active parameters; a neighbour value for ordered ones, mostly."""
+        child = dict(values)
+        active = [p for p in self.params if p.name in dict(active_key(values, self.params))]
+        for i in rng.choice(len(active), size=1 + int(rng.random() < 0.5), replace=False):
+            p = active[int(i)]
+            child[p.name] = self._neighbour(p, values[p.name], rng)
+        return child
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _fresh(self, rng, tried: set, draw) -> dict[str, Any]:
+        for _ in range(100):  # the space has ~10^20 points; a repeat means a tiny test space
+            point = draw()
+            if active_key(point, self.params) not in tried:
+                return point
+        return point
+
+    @staticmethod
+    def _draw(p: Choice | IntRange, rng: np.random.Generator) -> Any:
+        if isinstance(p, IntRange):
+            return int(rng.integers(p.low, p.high + 1))
+        return p.choices[int(rng.integers(len(p.choices)))]
+
+    def _neighbour(self, p: Choice | IntRange, value: Any, rng: np.random.Generator) -> Any:
+        if isinstance(p, IntRange):
+            options = [v for v in (value - 1, value + 1) if p.low <= v <= p.high]
+            return int(options[int(rng.integers(len(options)))])
+        others = [c for c in p.choices if c != value]
+        ordered = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p.choices)
+        if ordered and rng.random() < 0.7:
+            i = p.choices.index(value)
+            others = [p.choices[j] for j in (i - 1, i + 1) if 0 <= j < len(p.choices)]
+        return others[int(rng.integers(len(others)))]
+
+    def _scales(self, known: Sequence[FrozenTrial], scales: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for o in self.objectives:
+            if o.direction == "minimize":
+                seen = [float(t.user_attrs[o.key]) for t in known if o.key in t.user_attrs]
+                out[o.key] = float(scales.get(o.key) or 2.0 * max(seen + [1e-9]))
+        return out
+
+    def _losses(self, values: Sequence[float], scales: dict[str, float]) -> np.ndarray:
+        return np.array([1.0 - v if o.direction == "maximize" else v / scales[o.key]
+                         for v, o in zip(values, self.objectives)])
+
+    def _front(self, done: Sequence[FrozenTrial], scales) -> tuple[np.ndarray, list[FrozenTrial]]:
+        rows = np.array([self._losses(t.values, scales) for t in done])
+        on_front = non_domination_ranks(rows) == 0
+        return rows[on_front], [t for t, f in zip(done, on_front) if f]
+
+    @staticmethod
+    def _parent_weights(front: np.ndarray) -> np.ndarray:
+        total = hypervolume(front)
+        own = np.array([total - hypervolume(np.delete(front, i, 0)) for i in range(len(front))])
+        weights = own + 0.1 * max(own.mean(), 1e-12)  # a floor: a member with no exclusive share still gets tried
+        return weights / weights.sum()
+
+    def _feature(self, t: FrozenTrial) -> np.ndarray:
+        if t._trial_id not in self._features:
+            self._features[t._trial_id] = features(t.params, self.params)
+        return self._features[t._trial_id]
+
+    def _key(self, t: FrozenTrial) -> tuple:
+        if t._trial_id not in self._keys:
+            self._keys[t._trial_id] = active_key(t.params, self.params)
+        return self._keys[t._trial_id]
+
+    def _fit(self, known, done, scales) -> dict[str, Ridge]:
+        models = {}
+        for j, o in enumerate(self.objectives):
+            if o.direction == "maximize":
+                rows = [(self._feature(t), 1.0 - t.values[j]) for t in done]
+            else:
+                rows = [(self._feature(t), np.log(max(float(t.user_attrs[o.key]), 1e-12) / scales[o.key]))
+                        for t in known if o.key in t.user_attrs]
+            models[o.key] = Ridge(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+        return models
+
+    def _predict(self, cands, models: dict[str, Ridge], scales) -> np.ndarray:
+        """Predicted normalised losses of each candidate (a mutant's relative to its parent)."""
+        x = np.array([features(point, self.params) for point, _ in cands])
+        preds = []
+        for j, o in enumerate(self.objectives):
+            m = models[o.key]
+            raw = m.predict(x)
+            base = np.array([self._anchor(parent, o, j, m, scales) - m.predict(self._feature(parent)[None])[0]
+                             if parent is not None else 0.0 for _, parent in cands])
+            value = raw + base
+            if o.direction == "maximize":
+                # optimism in proportion to how much of the point is new (changed parameters)
+                novelty = np.array([1.0 if parent is None else 0.3 for _, parent in cands])
+                preds.append(value - OPTIMISM * m.sd * novelty)
+            else:
+                preds.append(np.exp(value))
+        return np.clip(np.array(preds).T, 0.0, None)
+
+    def _anchor(self, parent: FrozenTrial, o: Objective, j: int, m: Ridge, scales) -> float:
+        """The parent's measured value in the model's units (log normalised cost, or mIoU loss)."""
+        if o.direction == "maximize":
+            return 1.0 - parent.values[j]
+        return float(np.log(max(float(parent.values[j]), 1e-12) / scales[o.key]))
+
+    @staticmethod
+    def _scores(predicted: np.ndarray, front: np.ndarray) -> np.ndarray:
+        """Hypervolume gain over the front; where none gains, minus the distance to non-domination
+        (the additive epsilon each would need), so the least-dominated candidate wins."""
+        base = hypervolume(front)
+        gain = np.array([hypervolume(np.vstack([front, p])) - base for p in predicted])
+        if gain.max() > 0:
+            return gain
+        return -np.array([np.min(np.max(p - front, axis=1)) for p in predicted])

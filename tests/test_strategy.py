@@ -1,0 +1,111 @@
+"""Search strategies: the own local-search sampler is deterministic and only proposes valid specs;
+the model-based samplers see every parameter (the conditional ones too) and never fall back to
+random sampling for them."""
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+
+from nas.pareto import parse_objectives
+from nas.strategy import FrontLocalSampler, features
+from nas.study import make_sampler
+from search_spaces import InputSpec
+from search_spaces.space import PARAMS, SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = SearchSpace(InputSpec(height=32, width=64, num_classes=5))
+OBJECTIVES = parse_objectives("miou,gmacs,latency,memory")
+ALL = {p.name for p in PARAMS}
+
+
+def fake_outcome(params: dict) -> list[float]:
+    """A smooth stand-in for training and measuring: mIoU and log-costs linear in the parameters."""
+    f = features(params)
+    w = np.random.default_rng(0).normal(size=(2, len(f)))
+    cost = float(np.exp(0.3 * f @ w[0]))
+    return [float(1 / (1 + np.exp(-0.2 * f @ w[1]))), 0.01 * cost, 0.5 * cost, 3.0 * cost]
+
+
+def run(sampler, n: int, on_ask=None) -> list[dict]:
+    """A synthetic study of `n` trials sampled through the search space, as the search samples them."""
+    study = optuna.create_study(directions=[o.direction for o in OBJECTIVES], sampler=sampler)
+    proposals = []
+    for i in range(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+        if on_ask:
+            on_ask(i)
+        SPACE.sample(trial)
+        values = fake_outcome(trial.params)
+        for o, v in zip(OBJECTIVES, values):
+            trial.set_user_attr(o.key, v)
+        study.tell(trial, values)
+        proposals.append(dict(trial.params))
+    return proposals
+
+
+def test_local_sampler_same_seed_same_proposals_other_seed_other():
+    a = run(FrontLocalSampler(OBJECTIVES, seed=3), 30)
+    b = run(FrontLocalSampler(OBJECTIVES, seed=3), 30)
+    c = run(FrontLocalSampler(OBJECTIVES, seed=4), 30)
+    assert a == b
+    assert a[10:] != c[10:]
+
+
+def test_local_sampler_proposes_only_valid_specs():
+    # Startup is 8 complete trials, so ~290 of these come from mutations and screening.
+    proposals = run(FrontLocalSampler(OBJECTIVES, seed=0, candidates=16), 300)
+    keys = set()
+    for params in proposals:
+        assert set(params) == ALL
+        active = SPACE.active_values(params)
+        assert SPACE.contains(active)
+        SPACE.decode(active)  # raises on an invalid spec
+        keys.add(tuple(sorted(active.items())))
+    assert len(keys) == len(proposals)  # never the same architecture twice
+
+
+def test_local_sampler_mutates_front_members_by_one_or_two_parameters():
+    sampler = FrontLocalSampler(OBJECTIVES, seed=1)
+    rng = np.random.default_rng(0)
+    parent = sampler.random_point(rng)
+    for _ in range(200):
+        child = sampler.mutate(parent, rng)
+        changed = [k for k in ALL if child[k] != parent[k]]
+        assert 1 <= len(changed) <= 2
+        assert SPACE.contains(SPACE.active_values(child))
+
+
+def test_nsga2_population_is_sized_to_the_budget():
+    assert make_sampler("nsga2", 0, budget=100)._population_size == 20
+    assert make_sampler("nsga2", 0, budget=20)._population_size == 8
+    assert make_sampler("nsga2", 0, budget=1000)._population_size == 50
+
+
+@pytest.mark.parametrize("name,startup", [("tpe", 12), ("gp", 10)])
+def test_model_based_samplers_never_sample_a_parameter_at_random_after_startup(name, startup):
+    sampler = make_sampler(name, 0, budget=20, objectives=OBJECTIVES)
+    calls = []
+    independent = sampler.sample_independent
+    current = {"i": 0}
+
+    def counting(study, trial, param_name, distribution):
+        if current["i"] >= startup:
+            calls.append(param_name)
+        return independent(study, trial, param_name, distribution)
+
+    sampler.sample_independent = counting
+    run(sampler, startup + 2, on_ask=lambda i: current.update(i=i))
+    assert calls == []  # the conditional parameters (growth, decoder widths) included
+
+
+def test_nsga2_breeds_every_parameter():
+    sampler = make_sampler("nsga2", 0, budget=20, objectives=OBJECTIVES)
+    study = optuna.create_study(directions=[o.direction for o in OBJECTIVES], sampler=sampler)
+    for _ in range(3):
+        trial = study.ask()
+        SPACE.sample(trial)
+        study.tell(trial, fake_outcome(trial.params))
+    assert set(sampler.infer_relative_search_space(study, study.ask())) == ALL
