@@ -10,8 +10,10 @@ net (training is deterministic), so runs differ only by what their search found.
 
 Hypervolume: losses 1 - mIoU and cost / scale, where every scale is twice the largest preset cost
 at 32x64 (measured by the first run, then fixed for all), reference point 1 in every objective;
-latency is the search's in-trial measurement. Wall-clock: the search command, plus the validation
-trainings' own seconds divided by the 2 concurrent trainings the validated stage runs.
+latency is the search's in-trial measurement. Wall-clock: the search's trial phase (first trial
+started to last finished, the sampler's time included; start-up that every strategy pays alike is
+not), plus the validation trainings' own seconds divided by the 2 concurrent trainings the
+validated stage runs. Validation data: one generated data set for every run (seed 0).
 
 Headroom (--headroom N): N random architectures trained 1 epoch (the first rung), their front
 validated the same way: how much front a random pool of that size holds.
@@ -26,10 +28,10 @@ import dataclasses
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -42,6 +44,7 @@ from trainers.data import load_data  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
 OBJECTIVES = parse_objectives("miou,gmacs,latency,memory")
+VAL_DATA_SEED = 0  # every run's nets are validated on the same generated data set, so trainings are shared
 CACHE = RESULTS / "search_quality_validation.jsonl"
 
 
@@ -58,7 +61,8 @@ class ValidationCache:
     @staticmethod
     def arch(spec: dict, protocol: val.Protocol) -> str:
         """The trained thing: the architecture (at the protocol's size) and the protocol's epochs."""
-        return json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "epochs": protocol.epochs}, sort_keys=True)
+        return json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "epochs": protocol.epochs,
+                           "data_seed": VAL_DATA_SEED}, sort_keys=True)
 
     def add(self, arch: str, seed: int, result: dict) -> None:
         self.results[(arch, seed)] = result
@@ -79,13 +83,14 @@ def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, prot
         else:
             todo.append(job)
     if todo:
-        data = load_data(None, protocol.height, protocol.width, seed=cfg.seed)
+        data = load_data(None, protocol.height, protocol.width, seed=VAL_DATA_SEED)
         _, ref = runner.share_data(cfg, data)
 
         def record(job, result):
             result = {k: v for k, v in result.items() if k != "traceback"}
             study.set_user_attr(job.key, result)
-            cache.add(ValidationCache.arch(job.spec, protocol), job.seed, result)
+            if result["status"] == "complete":  # a failure (a dead worker) is retried by a re-run
+                cache.add(ValidationCache.arch(job.spec, protocol), job.seed, result)
 
         runner.run_validation(cfg, todo, ref, protocol, record)
     table = val.validated_values(study, numbers, protocol)
@@ -106,17 +111,20 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     args = ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
             "--study", study_name, "--force", "--no-validate", "--sampler", name]
     cfg = dataclasses.replace(config_from_args(build_parser().parse_args(args)), quiet=True)
-    start = time.time()
     search(cfg)
-    wall = time.time() - start
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / study_name / 'study.db'}")
+    # The trial phase (first trial started to last finished, sampler time included): start-up
+    # that every strategy pays alike (Ray, data generation, the reference costs) is left out.
+    start = min(t.datetime_start for t in study.trials if t.datetime_start).timestamp()
+    wall = max(t.datetime_complete for t in study.trials if t.datetime_complete).timestamp() - start
     scales = scales or study.user_attrs["hypervolume_scales"]  # one fixed reference for every run
     hv, val_s, nets = validated_hypervolume(cfg, study, cache, protocol, val_max, scales)
     trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
     curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
                           "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
-    curve["strategy"], curve["seed"] = name, seed
-    row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "validated_hv": hv,
+    curve["strategy"], curve["seed"], curve["budget"], curve["epochs"] = name, seed, budget, epochs
+    row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "val_max": val_max,
+           "validated_hv": hv,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": nets,
            "complete": sum(t.user_attrs.get("status") == "complete" for t in trials)}
@@ -190,15 +198,16 @@ def main() -> None:
     curves_path = RESULTS / f"search_quality_curves{suffix}.csv"
     cache = ValidationCache(CACHE)
     log = RESULTS / f"search_quality_runs{suffix}.csv"
-    done = pd.read_csv(log) if log.exists() else pd.DataFrame(columns=["strategy", "seed", "budget", "epochs"])
-    same = (done["budget"] == budget) & (done["epochs"] == epochs) & (done.get("val_epochs", protocol.epochs) == protocol.epochs)
-    done = done[same]
+    columns = ["strategy", "seed", "budget", "epochs", "val_epochs", "val_max"]
+    done = pd.read_csv(log) if log.exists() and log.stat().st_size else pd.DataFrame(columns=columns)
+    setting = {"budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "val_max": args.val_max}
+    done = done[np.logical_and.reduce([done[k] == v for k, v in setting.items()])]
     scales = None
     scales_path = RESULTS / "search_quality_scales.json"
     if scales_path.exists():
         scales = json.loads(scales_path.read_text())
     for seed in seeds:
-        for name in strategies:
+        for name in strategies[seed % len(strategies):] + strategies[:seed % len(strategies)]:  # no fixed order
             if ((done["strategy"] == name) & (done["seed"] == seed)).any():
                 continue  # resumed: this run is in the log
             row, curve, scales = run_one(out, name, seed, budget, epochs, protocol, args.val_max, cache, scales)
@@ -208,14 +217,15 @@ def main() -> None:
             print(f"{name} seed {seed}: validated HV {row['validated_hv']:.4f}, search {row['search_wall_s']:.0f} s "
                   f"+ validation {row['validation_s']:.0f} s", flush=True)
     table = pd.read_csv(log)
-    table = table[(table["budget"] == budget) & (table["epochs"] == epochs) & (table["val_epochs"] == protocol.epochs)
+    table = table[np.logical_and.reduce([table[k] == v for k, v in setting.items()])
                   & table["strategy"].isin(strategies) & table["seed"].isin(list(seeds))]
     summary = paired(table) if "random" in strategies else table
     if args.headroom:
         summary = pd.concat([summary, pd.DataFrame([headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)])])
     save(summary, f"search_quality{suffix}")
     if curves_path.exists():
-        plot(pd.read_csv(curves_path), RESULTS / f"search_quality{suffix}.png")
+        curves = pd.read_csv(curves_path)
+        plot(curves[(curves["budget"] == budget) & (curves["epochs"] == epochs)], RESULTS / f"search_quality{suffix}.png")
     print(f"\nbudget {budget} trials incl. 4 presets, {epochs} epochs, {len(seeds)} seed(s), validation {protocol.label()}, "
           f"{len(strategies)} strategies; {machine()}")
 
