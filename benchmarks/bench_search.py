@@ -1,5 +1,7 @@
 """Search throughput: trials per hour with 1 vs 2 concurrent trials, and the share of wall time
-spent outside train/eval/measure (Ray, Optuna, bookkeeping, result files).
+spent outside train/eval/measure (Ray, Optuna, bookkeeping, result files) - split by who spends
+it: the driver (Optuna, the sampler, Ray Tune's controller), Ray's daemons, the trial workers'
+own overhead, and idle cores (read from /proc, Linux only).
 
     python benchmarks/bench_search.py [--budget 16] [--epochs 2]
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save  # noqa: E402
 from nas.search import build_parser, config_from_args, search  # noqa: E402
 
+CORES = os.cpu_count() or 1
+
 
 def _trial_phase_seconds(run_dir: Path) -> float:
     """From the first trial's start to the last trial's end, read off the study's timestamps."""
@@ -29,11 +34,33 @@ def _trial_phase_seconds(run_dir: Path) -> float:
     return (max(ends) - min(starts)).total_seconds()
 
 
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this process (the driver) and by Ray's processes, by role."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"driver": sum(os.times()[:2]), "ray_daemons": 0.0, "ray_workers": 0.0}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if cmd.startswith("ray::"):
+            out["ray_workers"] += cpu
+        elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd or "log_monitor" in cmd
+                               or "runtime_env" in cmd):
+            out["ray_daemons"] += cpu
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=int, default=30)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--concurrency", default="1,2")
+    p.add_argument("--sampler", default="tpe")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     rows = []
@@ -41,17 +68,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             cfg = config_from_args(build_parser().parse_args(
                 ["--budget", str(args.budget), "--epochs", str(args.epochs), "--out", out, "--study", f"c{conc}",
-                 "--max-concurrent", str(conc), "--no-early-stopping"]))
+                 "--max-concurrent", str(conc), "--no-early-stopping", "--no-validate",
+                 "--sampler", args.sampler]))
             cfg = dataclasses.replace(cfg, quiet=True)
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), cpu_seconds_by_role()
             search(cfg)
             wall = time.perf_counter() - start
+            cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds_by_role().items()}
             phase = _trial_phase_seconds(Path(out) / f"c{conc}")
             table = pd.read_csv(Path(out) / f"c{conc}" / "trials.csv")
         busy = table["trial_seconds"].sum()
-        rows.append({"concurrent": conc, "trials": len(table), "wall_s": wall, "trials_per_hour": 3600 * len(table) / wall,
+        rows.append({"sampler": args.sampler, "concurrent": conc, "trials": len(table), "wall_s": wall, "trials_per_hour": 3600 * len(table) / wall,
                      "trial_seconds_sum": busy, "outside_share": 1 - busy / (wall * conc),
-                     "trial_phase_s": phase, "outside_share_trials": 1 - busy / (phase * conc)})
+                     "trial_phase_s": phase, "outside_share_trials": 1 - busy / (phase * conc),
+                     # shares of the machine's core-seconds (cores x wall) during the whole command
+                     "driver_share": cpu["driver"] / (wall * CORES), "ray_daemon_share": cpu["ray_daemons"] / (wall * CORES),
+                     "worker_overhead_share": (cpu["ray_workers"] - busy) / (wall * CORES),
+                     "idle_share": 1 - sum(cpu.values()) / (wall * CORES)})
     save(pd.DataFrame(rows), "search_throughput")
 
 
