@@ -19,7 +19,7 @@ Headroom (--headroom N): N random architectures trained 1 epoch (the first rung)
 validated the same way: how much front a random pool of that size holds.
 
     python benchmarks/search_quality.py --quick     # 2 strategies, 1 seed, budget 10 (minutes)
-    python benchmarks/search_quality.py             # 5 strategies x 5 seeds, budget 20 (about an hour on 2 cores)
+    python benchmarks/search_quality.py             # 5 strategies x 5 seeds, budget 20 (93 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--val-epochs", type=int, default=None, help="validation protocol epochs (10; quick 3)")
-    p.add_argument("--val-max", type=int, default=4, help="searched nets validated per run (presets always)")
+    p.add_argument("--val-max", type=int, default=3, help="searched nets validated per run (presets always)")
     p.add_argument("--strategies", default=None)
     p.add_argument("--headroom", type=int, default=0, help="size of the random first-rung pool (0: skip)")
     args = p.parse_args()
