@@ -3,7 +3,11 @@ spent outside train/eval/measure (Ray, Optuna, bookkeeping, result files) - spli
 it: the driver (Optuna, the sampler, Ray Tune's controller), Ray's daemons, the trial workers'
 own overhead, and idle cores (read from /proc, Linux only).
 
-    python benchmarks/bench_search.py [--budget 16] [--epochs 2]
+The bound: the same trials run with no search around them, in 1 plain process and then in 2 at
+once (each process running every trial), gives the most that 2 concurrent trials can gain over 1
+on this machine, whatever the scheduler: two trainings share the memory bandwidth and caches.
+
+    python benchmarks/bench_search.py [--budget 30] [--epochs 2] [--bound-trials 8]
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import sample_specs, save  # noqa: E402
 from nas.search import build_parser, config_from_args, search  # noqa: E402
+from nas.study import study_space  # noqa: E402
+from nas.trial import TrialSettings, evaluate_trial  # noqa: E402
+from trainers.data import load_data  # noqa: E402
 
 CORES = os.cpu_count() or 1
 
@@ -55,12 +62,39 @@ def cpu_seconds_by_role() -> dict[str, float]:
     return out
 
 
+def _bare_trials(n: int, epochs: int) -> float:
+    """Seconds to run `n` random trials one after another in this process, with nothing else."""
+    import torch
+
+    torch.set_num_threads(1)
+    data = load_data(None, 32, 64, seed=0)
+    settings = TrialSettings(epochs=epochs, threads=1)
+    start = time.perf_counter()
+    for i, spec in enumerate(sample_specs(study_space(data, 32, 64), n, seed=0)):
+        evaluate_trial(spec, data, settings, number=i)
+    return time.perf_counter() - start
+
+
+def bare_concurrency_bound(n: int, epochs: int) -> dict:
+    """Throughput of 2 plain processes over 1, each running the same `n` trials: the ceiling."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fresh interpreters, as the search's workers are
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        one = pool.submit(_bare_trials, n, epochs).result()
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        walls = [f.result() for f in [pool.submit(_bare_trials, n, epochs) for _ in range(2)]]
+    return {"bare_trials": n, "bare_1_s": one, "bare_2_s": max(walls), "bare_2_over_1": 2 * one / max(walls)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=int, default=30)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--concurrency", default="1,2")
     p.add_argument("--sampler", default="tpe")
+    p.add_argument("--bound-trials", type=int, default=8, help="trials per plain process for the bound (0: skip)")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     rows = []
@@ -85,7 +119,12 @@ def main() -> None:
                      "driver_share": cpu["driver"] / (wall * CORES), "ray_daemon_share": cpu["ray_daemons"] / (wall * CORES),
                      "worker_overhead_share": (cpu["ray_workers"] - busy) / (wall * CORES),
                      "idle_share": 1 - sum(cpu.values()) / (wall * CORES)})
-    save(pd.DataFrame(rows), "search_throughput")
+    table = pd.DataFrame(rows)
+    if len(table) > 1:
+        table["speedup_over_1"] = table["trials_per_hour"] / table["trials_per_hour"].iloc[0]
+    if args.bound_trials:
+        table = table.assign(**bare_concurrency_bound(args.bound_trials, args.epochs))
+    save(table, "search_throughput")
 
 
 if __name__ == "__main__":

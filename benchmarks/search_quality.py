@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -37,9 +38,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
-from nas import runner, validate as val  # noqa: E402
+from nas import validate as val  # noqa: E402
 from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
-from nas.search import build_parser, config_from_args, search  # noqa: E402
+from nas.search import build_parser, config_from_args, search, validate_front  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
@@ -51,55 +52,43 @@ CACHE = RESULTS / "search_quality_validation.jsonl"
 class ValidationCache:
     """(architecture, seed) -> validation result, on disk so a re-run of the benchmark reuses it."""
 
-    def __init__(self, path: Path):
-        self.path, self.results = path, {}
+    def __init__(self, path: Path, protocol: val.Protocol):
+        self.path, self.protocol, self.results = path, protocol, {}
         if path.exists():
             for line in path.read_text().splitlines():
                 row = json.loads(line)
                 self.results[(row["arch"], row["seed"])] = row["result"]
 
-    @staticmethod
-    def arch(spec: dict, protocol: val.Protocol) -> str:
-        """The trained thing: the architecture (at the protocol's size) and the protocol's epochs."""
-        return json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "epochs": protocol.epochs,
-                           "data_seed": VAL_DATA_SEED}, sort_keys=True)
+    def key(self, job: val.Job) -> tuple[str, int]:
+        """The trained thing: the architecture (at the protocol's size), the epochs, data and seed."""
+        arch = {**{k: v for k, v in job.spec.items() if k != "name"}, "epochs": self.protocol.epochs,
+                "data_seed": VAL_DATA_SEED}
+        return json.dumps(arch, sort_keys=True), job.seed
 
-    def add(self, arch: str, seed: int, result: dict) -> None:
+    def get(self, job: val.Job) -> dict | None:
+        return self.results.get(self.key(job))
+
+    def add(self, job: val.Job, result: dict) -> None:
+        arch, seed = self.key(job)
+        result = {k: v for k, v in result.items() if k != "traceback"}
         self.results[(arch, seed)] = result
         with self.path.open("a") as f:
             f.write(json.dumps({"arch": arch, "seed": seed, "result": result}) + "\n")
 
 
-def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, protocol: val.Protocol, val_max: int,
-                          scales: dict) -> tuple[float, float, int]:
-    """Validate the run's candidates (reusing cached trainings); returns (HV, validation seconds, nets)."""
-    numbers = val.candidates(study, OBJECTIVES, cfg.noise, val_max)
-    jobs = val.pending_jobs(study, numbers, protocol)
-    todo = []
-    for job in jobs:
-        key = (ValidationCache.arch(job.spec, protocol), job.seed)
-        if key in cache.results:
-            study.set_user_attr(job.key, cache.results[key])
-        else:
-            todo.append(job)
-    if todo:
-        data = load_data(None, protocol.height, protocol.width, seed=VAL_DATA_SEED)
-        _, ref = runner.share_data(cfg, data)
-
-        def record(job, result):
-            result = {k: v for k, v in result.items() if k != "traceback"}
-            study.set_user_attr(job.key, result)
-            if result["status"] == "complete":  # a failure (a dead worker) is retried by a re-run
-                cache.add(ValidationCache.arch(job.spec, protocol), job.seed, result)
-
-        runner.run_validation(cfg, todo, ref, protocol, record)
-    table = val.validated_values(study, numbers, protocol)
+def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, scales: dict) -> tuple[float, float, int]:
+    """Validate the run's candidates as the search's final stage does (on the one validation data
+    set, reusing cached trainings); returns (HV, validation seconds / 2, nets validated)."""
+    validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
+    numbers = val.candidates(study, OBJECTIVES, cfg.noise, cfg.val_max)
+    table = val.validated_values(study, numbers, cfg.protocol)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows, seconds = [], 0.0
     for _, row in table.iterrows():
         n = int(row["trial"])
-        seconds += sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0) for s in protocol.seeds)
-        if row["validated_seeds"] == len(protocol.seeds):
+        seconds += sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0) for s in cfg.protocol.seeds)
+        if row["validated_seeds"] == len(cfg.protocol.seeds):
+            # the in-trial latency, as every strategy's search measured it
             values = [row["miou_validated"] if o.key == "miou" else trials[n].user_attrs[o.key] for o in OBJECTIVES]
             rows.append(losses(values, OBJECTIVES, scales))
     return hypervolume(rows), seconds / 2, len(numbers)
@@ -111,6 +100,7 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     args = ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
             "--study", study_name, "--force", "--no-validate", "--sampler", name]
     cfg = dataclasses.replace(config_from_args(build_parser().parse_args(args)), quiet=True)
+    began = time.perf_counter()
     search(cfg)
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / study_name / 'study.db'}")
     # The trial phase (first trial started to last finished, sampler time included): start-up
@@ -118,7 +108,12 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     start = min(t.datetime_start for t in study.trials if t.datetime_start).timestamp()
     wall = max(t.datetime_complete for t in study.trials if t.datetime_complete).timestamp() - start
     scales = scales or study.user_attrs["hypervolume_scales"]  # one fixed reference for every run
-    hv, val_s, nets = validated_hypervolume(cfg, study, cache, protocol, val_max, scales)
+    # The validated stage as the search runs it, with the benchmark's fixed protocol: seed 0 makes
+    # the validation seeds 1000 and 1001 for every run (the search derives them from its own seed).
+    val_cfg = dataclasses.replace(cfg, seed=0, val_height=protocol.height, val_width=protocol.width,
+                                  val_epochs=protocol.epochs, val_seeds=len(protocol.seeds), val_max=val_max)
+    assert val_cfg.protocol == protocol, (val_cfg.protocol, protocol)
+    hv, val_s, nets = validated_hypervolume(val_cfg, study, cache, scales)
     trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
     curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
                           "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
@@ -127,7 +122,8 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
            "validated_hv": hv,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": nets,
-           "complete": sum(t.user_attrs.get("status") == "complete" for t in trials)}
+           "complete": sum(t.user_attrs.get("status") == "complete" for t in trials),
+           "run_s": time.perf_counter() - began}  # what the benchmark spent on this run, start-up and reports included
     return row, curve, scales
 
 
@@ -149,10 +145,16 @@ def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
 
 
 def headroom(n: int, protocol: val.Protocol, val_max: int, cache: ValidationCache, scales: dict, out: Path) -> dict:
-    """A random pool of `n` nets at the first rung (1 epoch), its front validated like a run's."""
+    """A random pool of `n` nets at the first rung (1 epoch), its front validated like a run's;
+    kept on disk (the pool takes a while), so a re-run of the benchmark reuses it."""
+    path = RESULTS / f"search_quality_headroom_{n}_{protocol.epochs}ep_{val_max}val.json"
+    if path.exists():
+        return json.loads(path.read_text())
     row, _, _ = run_one(out, "random", 999, n, 1, protocol, val_max, cache, scales)
-    return {"strategy": f"headroom: random pool of {n} at 1 epoch", "validated_hv": row["validated_hv"],
-            "total_s": row["total_s"]}
+    result = {"strategy": f"headroom: random pool of {n} at 1 epoch", "validated_hv": row["validated_hv"],
+              "validated_nets": row["validated_nets"], "total_s": row["total_s"], "run_s": row["run_s"]}
+    path.write_text(json.dumps(result))
+    return result
 
 
 def plot(curves: pd.DataFrame, path: Path) -> None:
@@ -196,7 +198,7 @@ def main() -> None:
     out = RESULTS / "search_quality_runs"
     suffix = "_quick" if args.quick else ""
     curves_path = RESULTS / f"search_quality_curves{suffix}.csv"
-    cache = ValidationCache(CACHE)
+    cache = ValidationCache(CACHE, protocol)
     log = RESULTS / f"search_quality_runs{suffix}.csv"
     columns = ["strategy", "seed", "budget", "epochs", "val_epochs", "val_max"]
     done = pd.read_csv(log) if log.exists() and log.stat().st_size else pd.DataFrame(columns=columns)
@@ -212,7 +214,8 @@ def main() -> None:
                 continue  # resumed: this run is in the log
             row, curve, scales = run_one(out, name, seed, budget, epochs, protocol, args.val_max, cache, scales)
             scales_path.write_text(json.dumps(scales))
-            pd.DataFrame([row]).to_csv(log, mode="a", header=not log.exists(), index=False)
+            logged = pd.read_csv(log) if log.exists() and log.stat().st_size else pd.DataFrame()
+            pd.concat([logged, pd.DataFrame([row])]).to_csv(log, index=False)  # rewritten: columns may grow
             curve.to_csv(curves_path, mode="a", index=False, header=not curves_path.exists())
             print(f"{name} seed {seed}: validated HV {row['validated_hv']:.4f}, search {row['search_wall_s']:.0f} s "
                   f"+ validation {row['validation_s']:.0f} s", flush=True)

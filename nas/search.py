@@ -231,11 +231,17 @@ def search(cfg: st.SearchConfig) -> int:
     return 0
 
 
-def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref) -> None:
+def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, cache=None) -> None:
     """The validated final stage: retrain the candidates at the validation protocol (what is not
-    yet in the study), then re-measure their latency with nothing else running."""
+    yet in the study), then re-measure their latency with nothing else running. `cache` (an object
+    with get(job) -> result | None and add(job, result)) lets many studies share trainings that are
+    the same (same net, seed and data), as a benchmark comparing searches does."""
     numbers = val.candidates(study, cfg.objectives, cfg.noise, cfg.val_max)
     jobs = val.pending_jobs(study, numbers, cfg.protocol)
+    for job in jobs:
+        if cache is not None and cache.get(job) is not None:
+            study.set_user_attr(job.key, cache.get(job))
+    jobs = [job for job in jobs if job.key not in study.user_attrs]
     if jobs:
         p = cfg.protocol
         if (p.height, p.width) != (cfg.height, cfg.width):
@@ -247,6 +253,8 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref) ->
 
         def record(job: val.Job, result: dict) -> None:
             study.set_user_attr(job.key, result)
+            if cache is not None and result["status"] == "complete":  # a failure is retried by a re-run
+                cache.add(job, result)
             done.append(job)
             if not cfg.quiet:
                 what = f"mIoU {result['miou']:.4f}" if result["status"] == "complete" else result["reason"]

@@ -10,8 +10,8 @@ width or core away). Each proposal:
    probability growing with its exclusive hypervolume, so the members that carry the front are
    explored most), a quarter are random points (so the search never stops exploring);
 3. each candidate's objectives are predicted by ridge regressions on the parameters' one-hot
-   codes, fitted to the trials so far (log cost on every measured trial, mIoU on the fully trained
-   ones). A mutant's prediction is its parent's measured value moved by the model's difference
+   codes, fitted to the trials so far (log cost on every measured trial; mIoU on the fully trained
+   ones and, flagged by the epoch they stopped at, the early-stopped ones). A mutant's prediction is its parent's measured value moved by the model's difference
    between the two, so a weak model only has to get the direction of a small change right;
 4. the candidate with the largest predicted hypervolume gain over the current front is proposed
    (failing any gain, the one closest to the front); a point already tried or in flight never is.
@@ -97,6 +97,8 @@ class Ridge:
         self.sd, self.coef = float(np.sqrt(best[0])), best[1]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Columns missing at the right of `x` (indicators it does not have) count as zero."""
+        x = np.pad(x, ((0, 0), (0, len(self.mean) - x.shape[1])))
         return self.intercept + ((x - self.mean) / self.scale) @ self.coef
 
 
@@ -109,8 +111,7 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         self.n_candidates, self.explore, self.params = candidates, explore, tuple(params)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._proposals: dict[int, dict[str, Any]] = {}
-        self._features: dict[int, np.ndarray] = {}  # per trial id: a trial's parameters never change
-        self._keys: dict[int, tuple] = {}
+        self._coded: dict[int, tuple[np.ndarray, tuple]] = {}  # trial id -> (features, key); params never change
 
     # --- Optuna's sampler interface -------------------------------------------------------------
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -144,13 +145,13 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         """The flat parameter set to try as trial `number`, given every trial so far."""
         rng = np.random.default_rng([self.seed, number])
         known = [t for t in trials if t.params and set(t.params) >= {p.name for p in self.params}]
-        tried = {self._key(t) for t in known}
+        tried = {self._code(t)[1] for t in known}
         done = [t for t in known if t.state == TrialState.COMPLETE and t.values]
         if len(done) < self.startup:
             return self._fresh(rng, tried, lambda: self.random_point(rng))
         scales = self._scales(known, scales)
         front_losses, parents = self._front(done, scales)
-        models = self._fit(known, done, scales)
+        models = self._fit(known, scales)
         weights = self._parent_weights(front_losses)
         cands: list[tuple[dict, FrozenTrial | None]] = []
         for _ in range(self.n_candidates):
@@ -228,26 +229,41 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         weights = own + 0.1 * max(own.mean(), 1e-12)  # a floor: a member with no exclusive share still gets tried
         return weights / weights.sum()
 
-    def _feature(self, t: FrozenTrial) -> np.ndarray:
-        if t._trial_id not in self._features:
-            self._features[t._trial_id] = features(t.params, self.params)
-        return self._features[t._trial_id]
+    def _code(self, t: FrozenTrial) -> tuple[np.ndarray, tuple]:
+        """A trial's features and network identity, computed once per trial."""
+        if t._trial_id not in self._coded:
+            self._coded[t._trial_id] = features(t.params, self.params), active_key(t.params, self.params)
+        return self._coded[t._trial_id]
 
-    def _key(self, t: FrozenTrial) -> tuple:
-        if t._trial_id not in self._keys:
-            self._keys[t._trial_id] = active_key(t.params, self.params)
-        return self._keys[t._trial_id]
+    @staticmethod
+    def _target(o: Objective, value: float, scales: dict[str, float]) -> float:
+        """An objective's value in its model's units: mIoU loss, or log normalised cost."""
+        if o.direction == "maximize":
+            return 1.0 - value
+        return float(np.log(max(float(value), 1e-12) / scales[o.key]))
 
-    def _fit(self, known, done, scales) -> dict[str, Ridge]:
+    def _fit(self, known, scales) -> dict[str, Ridge]:
         models = {}
         for j, o in enumerate(self.objectives):
             if o.direction == "maximize":
-                rows = [(self._feature(t), 1.0 - t.values[j]) for t in done]
-            else:
-                rows = [(self._feature(t), np.log(max(float(t.user_attrs[o.key]), 1e-12) / scales[o.key]))
+                rows = self._quality_rows(known, j, o, scales)
+            else:  # costs are measured on every trial, the early-stopped ones too
+                rows = [(self._code(t)[0], self._target(o, t.user_attrs[o.key], scales))
                         for t in known if o.key in t.user_attrs]
             models[o.key] = Ridge(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
         return models
+
+    def _quality_rows(self, known, j: int, o: Objective, scales) -> list[tuple[np.ndarray, float]]:
+        """mIoU rows: the fully trained trials, and the early-stopped ones at the epoch they stopped,
+        flagged by one indicator column per such epoch. Successive halving stops half the trials or
+        more, and their short-training mIoU still ranks architectures; the flag takes the level
+        offset, and a candidate is predicted as fully trained (its flags, absent, count as zero)."""
+        stopped = [t for t in known if t.user_attrs.get("status") == "stopped" and o.key in t.user_attrs]
+        rungs = sorted({t.user_attrs.get("epochs", 0) for t in stopped})
+        full = [(np.append(self._code(t)[0], np.zeros(len(rungs))), self._target(o, t.values[j], scales))
+                for t in known if t.state == TrialState.COMPLETE and t.values]
+        return full + [(np.append(self._code(t)[0], [float(t.user_attrs.get("epochs", 0) == r) for r in rungs]),
+                        self._target(o, t.user_attrs[o.key], scales)) for t in stopped]
 
     def _predict(self, cands, models: dict[str, Ridge], scales) -> np.ndarray:
         """Predicted normalised losses of each candidate (a mutant's relative to its parent)."""
@@ -256,7 +272,8 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         for j, o in enumerate(self.objectives):
             m = models[o.key]
             raw = m.predict(x)
-            base = np.array([self._anchor(parent, o, j, m, scales) - m.predict(self._feature(parent)[None])[0]
+            # a mutant = its parent's measured value + the model's difference between the two
+            base = np.array([self._target(o, parent.values[j], scales) - m.predict(self._code(parent)[0][None])[0]
                              if parent is not None else 0.0 for _, parent in cands])
             value = raw + base
             if o.direction == "maximize":
@@ -266,12 +283,6 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
             else:
                 preds.append(np.exp(value))
         return np.clip(np.array(preds).T, 0.0, None)
-
-    def _anchor(self, parent: FrozenTrial, o: Objective, j: int, m: Ridge, scales) -> float:
-        """The parent's measured value in the model's units (log normalised cost, or mIoU loss)."""
-        if o.direction == "maximize":
-            return 1.0 - parent.values[j]
-        return float(np.log(max(float(parent.values[j]), 1e-12) / scales[o.key]))
 
     @staticmethod
     def _scores(predicted: np.ndarray, front: np.ndarray) -> np.ndarray:

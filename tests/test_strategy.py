@@ -109,3 +109,41 @@ def test_nsga2_breeds_every_parameter():
         SPACE.sample(trial)
         study.tell(trial, fake_outcome(trial.params))
     assert set(sampler.infer_relative_search_space(study, study.ask())) == ALL
+
+
+def test_local_sampler_learns_mIoU_from_early_stopped_trials():
+    """Early-stopped trials (their 1-epoch mIoU a constant below the trained one, as a short
+    training's level is lower) must sharpen the mIoU model, not bias it: with them, predictions
+    on new points rank closer to the truth than from the fully trained trials alone."""
+    from scipy.stats import spearmanr
+    from optuna.trial import TrialState, create_trial
+
+    rng = np.random.default_rng(5)
+    sampler = FrontLocalSampler(OBJECTIVES, seed=0)
+    distributions = {p.name: optuna.distributions.CategoricalDistribution(
+        list(range(p.low, p.high + 1)) if hasattr(p, "low") else p.choices) for p in PARAMS}
+
+    def trial(stopped: bool):
+        params = sampler.random_point(rng)
+        values = fake_outcome(params)
+        attrs = {o.key: v for o, v in zip(OBJECTIVES, values)}
+        if stopped:
+            attrs.update(status="stopped", epochs=1, miou=values[0] - 0.2)
+            return create_trial(state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=attrs)
+        attrs.update(status="complete", epochs=3)
+        return create_trial(values=values, params=params, distributions=distributions, user_attrs=attrs)
+
+    full, stopped = [trial(False) for _ in range(10)], [trial(True) for _ in range(40)]
+    new = [sampler.random_point(rng) for _ in range(200)]
+    truth = [1 - fake_outcome(p)[0] for p in new]
+    x = np.array([features(p) for p in new])
+    scales = {o.key: 1.0 for o in OBJECTIVES}
+
+    def rank_agreement(history):
+        study = optuna.create_study(directions=[o.direction for o in OBJECTIVES])
+        study.add_trials(history)  # stored, so each has its own id, as in a search
+        return spearmanr(FrontLocalSampler(OBJECTIVES)._fit(study.trials, scales)["miou"].predict(x), truth)[0]
+
+    alone, with_stopped = rank_agreement(full), rank_agreement(full + stopped)
+    assert with_stopped > alone + 0.2, (alone, with_stopped)  # measured here: 0.36 alone, 0.64 with
+    assert with_stopped > 0.5
