@@ -81,17 +81,34 @@ def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, scal
     set, reusing cached trainings); returns (HV, validation seconds / 2, nets validated)."""
     validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
     numbers = val.candidates(study, OBJECTIVES, cfg.noise, cfg.val_max)
-    table = val.validated_values(study, numbers, cfg.protocol)
+    seconds = sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0)
+                  for n in numbers for s in cfg.protocol.seeds)
+    return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, len(numbers)
+
+
+def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Protocol, scales: dict) -> float:
+    """HV of these trials' validated values (costs: the in-trial measurements, as every search made them)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    rows, seconds = [], 0.0
-    for _, row in table.iterrows():
-        n = int(row["trial"])
-        seconds += sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0) for s in cfg.protocol.seeds)
-        if row["validated_seeds"] == len(cfg.protocol.seeds):
-            # the in-trial latency, as every strategy's search measured it
+    rows = []
+    for _, row in val.validated_values(study, numbers, protocol).iterrows():
+        if row["validated_seeds"] == len(protocol.seeds):
+            n = int(row["trial"])
             values = [row["miou_validated"] if o.key == "miou" else trials[n].user_attrs[o.key] for o in OBJECTIVES]
             rows.append(losses(values, OBJECTIVES, scales))
-    return hypervolume(rows), seconds / 2, len(numbers)
+    return hypervolume(rows)
+
+
+def presets_alone(out: Path, runs: pd.DataFrame, protocol: val.Protocol, scales: dict) -> dict:
+    """The floor every run shares: the HV of the validated presets alone, per run, averaged."""
+    values = []
+    for _, r in runs.iterrows():
+        path = out / f"{r['strategy']}-s{r['seed']}" / "study.db"
+        if path.exists():
+            study = optuna.load_study(study_name=path.parent.name, storage=f"sqlite:///{path}")
+            presets = [t.number for t in study.get_trials(deepcopy=False) if "preset" in t.user_attrs]
+            values.append(front_hypervolume(study, presets, protocol, scales))
+    return {"strategy": "the 4 presets alone (no search)", "validated_hv": float(np.mean(values)),
+            "validated_hv_sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
 
 
 def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol: val.Protocol, val_max: int,
@@ -223,6 +240,7 @@ def main() -> None:
     table = table[np.logical_and.reduce([table[k] == v for k, v in setting.items()])
                   & table["strategy"].isin(strategies) & table["seed"].isin(list(seeds))]
     summary = paired(table) if "random" in strategies else table
+    summary = pd.concat([summary, pd.DataFrame([presets_alone(out, table, protocol, scales)])])
     if args.headroom:
         summary = pd.concat([summary, pd.DataFrame([headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)])])
     save(summary, f"search_quality{suffix}")
