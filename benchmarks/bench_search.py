@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -41,10 +42,9 @@ def _trial_phase_seconds(run_dir: Path) -> float:
     return (max(ends) - min(starts)).total_seconds()
 
 
-def cpu_seconds_by_role() -> dict[str, float]:
-    """CPU seconds used so far by this process (the driver) and by Ray's processes, by role."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {"driver": sum(os.times()[:2]), "ray_daemons": 0.0, "ray_workers": 0.0}
+def _ray_processes() -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds so far) of Ray's processes on this machine."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -55,11 +55,40 @@ def cpu_seconds_by_role() -> dict[str, float]:
             continue
         cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         if cmd.startswith("ray::"):
-            out["ray_workers"] += cpu
-        elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd or "log_monitor" in cmd
-                               or "runtime_env" in cmd):
-            out["ray_daemons"] += cpu
+            out[int(proc.name)] = ("ray_workers", cpu)
+        elif "ray" in cmd and any(d in cmd for d in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env")):
+            out[int(proc.name)] = ("ray_daemons", cpu)
     return out
+
+
+class CpuByRole:
+    """CPU seconds spent during a `with` block by this process (the driver) and by Ray's processes,
+    by role. Ray's processes are sampled every `every` s while they live: they end with the search,
+    and a process that has exited can no longer be read (its last < `every` s are lost; Ray Tune
+    reuses its workers for the whole search, so they live until its end)."""
+
+    def __init__(self, every: float = 1.0):
+        self.every, self.seen, self._stop, self.own = every, {}, threading.Event(), 0.0
+
+    def __enter__(self):
+        self.before = {pid: cpu for pid, (_, cpu) in _ray_processes().items()}
+        self.driver0 = sum(os.times()[:2])
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.seen.update(_ray_processes())
+        self.own = time.thread_time()  # the watching itself, not the driver's work
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.seen.update(_ray_processes())
+        self.seconds = {"driver": sum(os.times()[:2]) - self.driver0 - self.own, "ray_daemons": 0.0, "ray_workers": 0.0}
+        for pid, (role, cpu) in self.seen.items():
+            self.seconds[role] += cpu - self.before.get(pid, 0.0)
 
 
 def _bare_trials(n: int, epochs: int) -> float:
@@ -105,10 +134,10 @@ def main() -> None:
                  "--max-concurrent", str(conc), "--no-early-stopping", "--no-validate",
                  "--sampler", args.sampler]))
             cfg = dataclasses.replace(cfg, quiet=True)
-            start, cpu0 = time.perf_counter(), cpu_seconds_by_role()
-            search(cfg)
-            wall = time.perf_counter() - start
-            cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds_by_role().items()}
+            start = time.perf_counter()
+            with CpuByRole() as usage:
+                search(cfg)
+            wall, cpu = time.perf_counter() - start, usage.seconds
             phase = _trial_phase_seconds(Path(out) / f"c{conc}")
             table = pd.read_csv(Path(out) / f"c{conc}" / "trials.csv")
         busy = table["trial_seconds"].sum()

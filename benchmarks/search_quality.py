@@ -19,7 +19,8 @@ Headroom (--headroom N): N random architectures trained 1 epoch (the first rung)
 validated the same way: how much front a random pool of that size holds.
 
     python benchmarks/search_quality.py --quick     # 2 strategies, 1 seed, budget 10 (minutes)
-    python benchmarks/search_quality.py             # 5 strategies x 5 seeds, budget 20 (93 min on 2 cores)
+    python benchmarks/search_quality.py --headroom 300   # 5 strategies x 5 seeds, budget 20, and the pool
+                                                         # (47 min + 15 min on 2 cores)
 """
 from __future__ import annotations
 
