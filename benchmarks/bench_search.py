@@ -69,11 +69,14 @@ class CpuByRole:
 
     def __init__(self, every: float = 1.0):
         self.every, self.seen, self._stop, self.own = every, {}, threading.Event(), 0.0
+        self.before: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+        self.driver0 = 0.0
+        self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self):
         self.before = {pid: cpu for pid, (_, cpu) in _ray_processes().items()}
         self.driver0 = sum(os.times()[:2])
-        self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
         return self
 
@@ -141,7 +144,8 @@ def main() -> None:
             phase = _trial_phase_seconds(Path(out) / f"c{conc}")
             table = pd.read_csv(Path(out) / f"c{conc}" / "trials.csv")
         busy = table["trial_seconds"].sum()
-        rows.append({"sampler": args.sampler, "concurrent": conc, "trials": len(table), "wall_s": wall, "trials_per_hour": 3600 * len(table) / wall,
+        rows.append({"sampler": args.sampler, "concurrent": conc, "trials": len(table), "wall_s": wall,
+                     "trials_per_hour": 3600 * len(table) / wall,
                      "trial_seconds_sum": busy, "outside_share": 1 - busy / (wall * conc),
                      "trial_phase_s": phase, "outside_share_trials": 1 - busy / (phase * conc),
                      # shares of the machine's core-seconds (cores x wall) during the whole command
@@ -149,8 +153,8 @@ def main() -> None:
                      "worker_overhead_share": (cpu["ray_workers"] - busy) / (wall * CORES),
                      "idle_share": 1 - sum(cpu.values()) / (wall * CORES)})
     table = pd.DataFrame(rows)
-    if len(table) > 1:
-        table["speedup_over_1"] = table["trials_per_hour"] / table["trials_per_hour"].iloc[0]
+    if (table["concurrent"] == 1).any():
+        table["speedup_over_1"] = table["trials_per_hour"] / table.loc[table["concurrent"] == 1, "trials_per_hour"].iloc[0]
     if args.bound_trials:
         table = table.assign(**bare_concurrency_bound(args.bound_trials, args.epochs))
     save(table, "search_throughput")

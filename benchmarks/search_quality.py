@@ -108,7 +108,7 @@ def presets_alone(out: Path, runs: pd.DataFrame, protocol: val.Protocol, scales:
             study = optuna.load_study(study_name=path.parent.name, storage=f"sqlite:///{path}")
             presets = [t.number for t in study.get_trials(deepcopy=False) if "preset" in t.user_attrs]
             values.append(front_hypervolume(study, presets, protocol, scales))
-    return {"strategy": "the 4 presets alone (no search)", "validated_hv": float(np.mean(values)),
+    return {"strategy": "the 4 presets alone (no search)", "validated_hv": float(np.mean(values)) if values else math.nan,
             "validated_hv_sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
 
 
@@ -136,8 +136,8 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
                           "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
     curve["strategy"], curve["seed"], curve["budget"], curve["epochs"] = name, seed, budget, epochs
-    row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "val_max": val_max,
-           "validated_hv": hv,
+    row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs,
+           "val_max": val_max, "validated_hv": hv,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": nets,
            "complete": sum(t.user_attrs.get("status") == "complete" for t in trials),
@@ -154,9 +154,11 @@ def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     rows = []
     for name in wide.columns:
         diff = (wide[name] - wide[baseline]).dropna()
-        half = float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+        half = (float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff)))
+                if len(diff) > 1 else math.nan)
         rows.append({"strategy": name, "seeds": int(wide[name].notna().sum()), "validated_hv": wide[name].mean(),
-                     "validated_hv_sd": wide[name].std(ddof=1), f"ratio_to_{baseline}": wide[name].mean() / wide[baseline].mean(),
+                     "validated_hv_sd": wide[name].std(ddof=1),
+                     f"ratio_to_{baseline}": wide[name].mean() / wide[baseline].mean(),
                      "diff": diff.mean(), "diff_ci_low": diff.mean() - half, "diff_ci_high": diff.mean() + half,
                      "mean_total_s": walls[name]})
     return pd.DataFrame(rows).sort_values("validated_hv", ascending=False)
@@ -213,8 +215,8 @@ def main() -> None:
     seeds = range(args.seeds or (1 if args.quick else 5))
     strategies = (args.strategies or ("random,local" if args.quick else ",".join(STRATEGIES))).split(",")
     protocol = val.Protocol(32, 64, args.val_epochs or (3 if args.quick else 10), (1000, 1001))
-    out = RESULTS / "search_quality_runs"
     suffix = "_quick" if args.quick else ""
+    out = RESULTS / f"search_quality_runs{suffix}"  # quick runs never replace a full run's studies
     curves_path = RESULTS / f"search_quality_curves{suffix}.csv"
     cache = ValidationCache(CACHE, protocol)
     log = RESULTS / f"search_quality_runs{suffix}.csv"
@@ -223,7 +225,7 @@ def main() -> None:
     setting = {"budget": budget, "epochs": epochs, "val_epochs": protocol.epochs, "val_max": args.val_max}
     done = done[np.logical_and.reduce([done[k] == v for k, v in setting.items()])]
     scales = None
-    scales_path = RESULTS / "search_quality_scales.json"
+    scales_path = RESULTS / f"search_quality_scales{suffix}.json"
     if scales_path.exists():
         scales = json.loads(scales_path.read_text())
     for seed in seeds:
@@ -243,7 +245,9 @@ def main() -> None:
     summary = paired(table) if "random" in strategies else table
     summary = pd.concat([summary, pd.DataFrame([presets_alone(out, table, protocol, scales)])])
     if args.headroom:
-        summary = pd.concat([summary, pd.DataFrame([headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)])])
+        # more nets validated than a run's: the pool's front is larger, and the figure is what it holds
+        pool = headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)
+        summary = pd.concat([summary, pd.DataFrame([pool])])
     save(summary, f"search_quality{suffix}")
     if curves_path.exists():
         curves = pd.read_csv(curves_path)

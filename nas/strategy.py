@@ -11,8 +11,9 @@ width or core away). Each proposal:
    explored most), a quarter are random points (so the search never stops exploring);
 3. each candidate's objectives are predicted by ridge regressions on the parameters' one-hot
    codes, fitted to the trials so far (log cost on every measured trial; mIoU on the fully trained
-   ones and, flagged by the epoch they stopped at, the early-stopped ones). A mutant's prediction is its parent's measured value moved by the model's difference
-   between the two, so a weak model only has to get the direction of a small change right;
+   ones and, flagged by the epoch they stopped at, the early-stopped ones). A mutant's prediction
+   is its parent's measured value moved by the model's difference between the two, so a weak model
+   only has to get the direction of a small change right;
 4. the candidate with the largest predicted hypervolume gain over the current front is proposed
    (failing any gain, the one closest to the front); a point already tried or in flight never is.
 
