@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -42,6 +43,7 @@ from benchmarks.common import RESULTS, machine, save  # noqa: E402
 from nas import validate as val  # noqa: E402
 from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
 from nas.search import build_parser, config_from_args, search, validate_front  # noqa: E402
+from nas.strategy import active_key  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
@@ -99,6 +101,16 @@ def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Pro
     return hypervolume(rows)
 
 
+def validated_spread(study: optuna.Study) -> float:
+    """Mean number of parameters (of the network built) in which two validated searched nets
+    differ: how far apart the nets that reach validation are."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = sorted({int(k.split(":")[1]) for k in study.user_attrs if k.startswith("validated:")})
+    keys = [dict(active_key(trials[n].params)) for n in numbers if "preset" not in trials[n].user_attrs]
+    pairs = [sum(a.get(k) != b.get(k) for k in set(a) | set(b)) for a, b in itertools.combinations(keys, 2)]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
 def presets_alone(out: Path, runs: pd.DataFrame, protocol: val.Protocol, scales: dict) -> dict:
     """The floor every run shares: the HV of the validated presets alone, per run, averaged."""
     values = []
@@ -141,7 +153,8 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": nets,
            "complete": sum(t.user_attrs.get("status") == "complete" for t in trials),
-           "run_s": time.perf_counter() - began}  # what the benchmark spent on this run, start-up and reports included
+           "spread": validated_spread(study),
+           "run_s": time.perf_counter() - began}  # what this run cost the benchmark, start-up and reports included
     return row, curve, scales
 
 
