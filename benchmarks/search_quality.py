@@ -79,14 +79,15 @@ class ValidationCache:
             f.write(json.dumps({"arch": arch, "seed": seed, "result": result}) + "\n")
 
 
-def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache, scales: dict) -> tuple[float, float, int]:
+def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache,
+                          scales: dict) -> tuple[float, float, list[int]]:
     """Validate the run's candidates as the search's final stage does (on the one validation data
-    set, reusing cached trainings); returns (HV, validation seconds / 2, nets validated)."""
+    set, reusing cached trainings); returns (HV, validation seconds / 2, the validated trials)."""
     validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
     numbers = val.candidates(study, OBJECTIVES, cfg.noise, cfg.val_max)
     seconds = sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0)
                   for n in numbers for s in cfg.protocol.seeds)
-    return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, len(numbers)
+    return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, numbers
 
 
 def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Protocol, scales: dict) -> float:
@@ -101,11 +102,10 @@ def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Pro
     return hypervolume(rows)
 
 
-def validated_spread(study: optuna.Study) -> float:
-    """Mean number of parameters (of the network built) in which two validated searched nets
-    differ: how far apart the nets that reach validation are."""
+def validated_spread(study: optuna.Study, numbers: list[int]) -> float:
+    """Mean number of parameters (of the network built) in which two of these validated searched
+    nets differ: how far apart the nets that reach validation are."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    numbers = sorted({int(k.split(":")[1]) for k in study.user_attrs if k.startswith("validated:")})
     keys = [dict(active_key(trials[n].params)) for n in numbers if "preset" not in trials[n].user_attrs]
     pairs = [sum(a.get(k) != b.get(k) for k in set(a) | set(b)) for a, b in itertools.combinations(keys, 2)]
     return float(np.mean(pairs)) if pairs else math.nan
@@ -143,7 +143,7 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     val_cfg = dataclasses.replace(cfg, seed=0, val_height=protocol.height, val_width=protocol.width,
                                   val_epochs=protocol.epochs, val_seeds=len(protocol.seeds), val_max=val_max)
     assert val_cfg.protocol == protocol, (val_cfg.protocol, protocol)
-    hv, val_s, nets = validated_hypervolume(val_cfg, study, cache, scales)
+    hv, val_s, validated = validated_hypervolume(val_cfg, study, cache, scales)
     trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
     curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
                           "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
@@ -151,9 +151,9 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs,
            "val_max": val_max, "validated_hv": hv,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
-           "total_s": wall + val_s, "validated_nets": nets,
+           "total_s": wall + val_s, "validated_nets": len(validated),
            "complete": sum(t.user_attrs.get("status") == "complete" for t in trials),
-           "spread": validated_spread(study),
+           "spread": validated_spread(study, validated),
            "run_s": time.perf_counter() - began}  # what this run cost the benchmark, start-up and reports included
     return row, curve, scales
 
