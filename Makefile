@@ -31,7 +31,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_data_path.py
 	$(PY) benchmarks/latency_backends.py
+	$(PY) benchmarks/deploy_latency.py
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/search_quality.py

@@ -12,14 +12,22 @@ class UsageError(ValueError):
     """A command-line value is invalid; the message names the flag, the value and what is allowed."""
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
     """'64x128' -> (64, 128)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UsageError(f"--size {text!r}: expected HxW, e.g. 64x128") from None
+        raise UsageError(f"{flag} {text!r}: expected HxW, e.g. 64x128") from None
     if h < 1 or w < 1:
-        raise UsageError(f"--size {text!r}: height and width must be positive")
+        raise UsageError(f"{flag} {text!r}: height and width must be positive")
+    return h, w
+
+
+def parse_net_size(text: str, flag: str) -> tuple[int, int]:
+    """An input size every network of the space takes (its deepest feature map is 1/32 of it)."""
+    h, w = parse_size(text, flag)
+    if h % 32 or w % 32:
+        raise UsageError(f"{flag} {text}: height and width must be multiples of 32 (ratio 4 x 3 stride-2 stages)")
     return h, w
 
 

@@ -147,7 +147,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row = {"trial": t.number, "state": a["status"], "preset": a.get("preset", ""),
                "tag": trial_spec(t).tag() if "spec" in a else ""}
         for key in ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
-                    "epochs", "attempts", "train_seconds", "trial_seconds", "device", "reason"):
+                    "epochs", "attempts", "retry_of", "train_seconds", "trial_seconds", "peak_train_mem_mb", "device",
+                    "reason"):
             row[key] = a.get(key)
         if "spec" in a:
             spec = dict(a["spec"])

@@ -140,12 +140,14 @@ def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: di
         basis = f"validated values ({html.escape(validation.protocol.label())}; latency measured alone)"
     else:
         fidelity, basis = "<p>Not validated: the front is the search protocol's.</p>", "search-protocol values"
+    deploy = html.escape(str(config.get("deploy_size", f"{config['height']}x{config['width']}")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(config['study'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
 img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style></head><body>
 <h1>Search {html.escape(config['study'])}</h1>
 <p>{len(history)} trials; search-protocol hypervolume {history[-1] if history else 0:.4f}; hypervolume of the
-final front {final_hv:.4f}. GMACs count one multiply-add as one, at batch 1.</p>
+final front {final_hv:.4f}. Every cost is the network's at the deployment size {deploy}, batch 1 (trained at
+{config['height']}x{config['width']}); GMACs count one multiply-add as one.</p>
 <h2>Pareto front, from {basis}</h2>{front_html}
 <h2>Fidelity</h2>{fidelity}<h2>What mattered</h2>{mattered}<h2>Plots</h2>{imgs}
 <h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></body></html>"""

@@ -8,6 +8,7 @@ set is put in Ray's object store once and mapped by every trial.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -48,12 +49,15 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
             trial.set_user_attr("spec", spec.to_dict())
             trial.set_user_attr("owner", owner)
+            retry_of = trial.user_attrs.get("retry_of")
             try:  # beating before anyone can see it RUNNING; a busy database skips to the next beat
                 study._storage.record_heartbeat(trial._trial_id)
             except Exception:
                 pass
             self.trials[trial_id] = trial
-            return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or ""}
+            return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or "",
+                    "retry_of": -1 if retry_of is None else retry_of,
+                    "prior_attempts": trial.user_attrs.get("prior_attempts", 0)}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             trial = self.trials.pop(trial_id, None)
@@ -66,14 +70,22 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
     return OptunaStudySearcher()
 
 
+class WorkerUnusable(RuntimeError):
+    """A sticky CUDA error: raised out of the trainable so that Ray Tune ends this worker (an
+    errored trial's actor is never reused) and runs the trial again in a fresh one."""
+
+
 def _trainable(config: dict, data: SegData) -> None:
     from ray import tune
 
     settings = TrialSettings.from_dict(config["settings"])
     spec = ArchSpec.from_dict(config["spec"])
-    attempt = next_attempt(Path(config["run_dir"]), config["number"])
+    attempt = config.get("prior_attempts", 0) + next_attempt(Path(config["run_dir"]), config["number"])
+    retry_of = config.get("retry_of", -1)
     result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report,
-                            shared_dir=config["run_dir"])
+                            shared_dir=config["run_dir"], retry_of=None if retry_of < 0 else retry_of)
+    if result.get("fatal"):
+        raise WorkerUnusable(result["reason"])
     if result["status"] != "complete":
         tune.report({"miou": 0.0, **result})
 
@@ -104,20 +116,23 @@ def share_data(cfg: SearchConfig, data: SegData) -> tuple[SegData, object]:
 
 
 def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
+    """Start (or join, with --address) Ray once per process; refuse GPU shares it cannot give."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    if ray.is_initialized():
-        return
-    kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if not cfg.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
-        kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+    if not ray.is_initialized():
+        kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if not cfg.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
+            kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.gpus_per_trial > gpus:  # Ray would wait for ever for a GPU no node has
+        raise ClusterError(f"--gpus-per-trial {cfg.gpus_per_trial}: Ray sees {gpus:g} GPU(s) here")
 
 
 def next_attempt(run_dir: Path, number: int) -> int:
@@ -141,8 +156,11 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_
     from ray.tune.schedulers import FIFOScheduler
 
     start_ray(cfg)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    concurrent = cfg.max_concurrent or max(1, int(cpus // max(cfg.cpus_per_trial, 1e-9)))
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1) // max(cfg.cpus_per_trial, 1e-9)
+    if cfg.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
+        fits = min(fits, resources.get("GPU", 0) // cfg.gpus_per_trial)
+    concurrent = cfg.max_concurrent or max(1, int(fits))
     early_stopped: set[str] = set()
     searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
     scheduler = (mo_asha(cfg.objectives, scales, cfg.settings.epochs, early_stopped)
@@ -182,12 +200,59 @@ def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Ca
 def _validation_task(job, data, protocol, settings, shared_dir, run_dir):
     from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
 
-    return train_job(job, data, protocol, settings, shared_dir, run_dir)
+    result = train_job(job, data, protocol, settings, shared_dir, run_dir)
+    if result.get("fatal"):  # a sticky CUDA error: this worker must not take another task; Ray retries this one
+        os._exit(70)
+    return result
 
 
 def gpu_count() -> int:
     import torch
     return torch.cuda.device_count()
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot run the trials as configured; one line saying what it lacks."""
+
+
+def on_worker(cfg: SearchConfig, fn: Callable, *args):
+    """`fn(*args)` where the trials run: in a Ray task with one trial's resources when the trials
+    use a GPU or another machine (the driver never touches a device it was not given), else here."""
+    if not cfg.address and not cfg.settings.device.startswith("cuda"):
+        return fn(*args)
+    import ray
+
+    start_ray(cfg)
+    task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(fn)
+    return ray.get(task.remote(*args))
+
+
+def _worker_facts() -> dict:
+    import onnxruntime as ort
+    import torch
+
+    return {"cuda": torch.cuda.is_available(), "providers": ort.get_available_providers()}
+
+
+def settle_on_workers(cfg: SearchConfig) -> SearchConfig:
+    """On a cluster (`--address`), ask a worker what the driver cannot know: whether it has CUDA,
+    and which latency backend `auto` means there."""
+    if not cfg.address:
+        return cfg
+    facts = on_worker(cfg, _worker_facts)
+    s = cfg.settings
+    cuda = s.device.startswith("cuda")
+    if cuda and not facts["cuda"]:
+        raise ClusterError(f"--device cuda: the workers holding a GPU share at {cfg.address} have no usable CUDA "
+                           "device (use --device cpu to schedule by GPU shares alone)")
+    has_provider = not cuda or "CUDAExecutionProvider" in facts["providers"]
+    backend = s.latency_backend
+    if backend == "auto":
+        backend = "onnxruntime" if has_provider else "torch"
+    elif backend == "onnxruntime" and not has_provider:
+        raise ClusterError("--latency-backend onnxruntime: the workers' onnxruntime has no CUDA provider "
+                           "(install onnxruntime-gpu there, or use --latency-backend torch)")
+    return dataclasses.replace(cfg, settings=dataclasses.replace(s, latency_backend=backend))
 
 
 def _ray_temp_dir() -> Path:

@@ -12,9 +12,10 @@ import pandas as pd
 from trainers.costs import LATENCY_BACKENDS
 from trainers.data import load_data
 from trainers.deploy import default_backend
+from trainers.train import PRECISIONS
 
 from . import runner, study as st, validate as val
-from .cli import UsageError, parse_size, run
+from .cli import UsageError, parse_net_size, run
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .report import validation_summary, write_results
 from .trial import Constraints, TrialSettings
@@ -39,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0, help="fixes sampling, data order and initialisation")
     a("--epochs", type=int, default=3, help="maximum training epochs per trial")
     a("--size", default="32x64", help="input HxW of every network (multiple of 32)")
+    a("--deploy-size", default=None, help="input HxW the costs (and constraints) are measured at (default: --size)")
     a("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
     a("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractional shares one GPU")
+    a("--device", default="auto", choices=("auto", "cuda", "cpu"),
+      help="where trials compute (auto: cuda when --gpus-per-trial > 0); cpu with GPU shares only schedules by them")
+    a("--precision", default="auto", choices=PRECISIONS,
+      help="training autocast (auto: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU)")
     a("--max-concurrent", type=int, default=None, help="concurrent trials (default: CPUs / cpus-per-trial)")
     a("--address", default=None, help="address of an existing Ray cluster to run on")
     a("--storage", default=None, help="SQLAlchemy URL of the study database (default: SQLite in the run folder)")
@@ -88,7 +94,10 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
             raise UsageError(f"--{flag.replace('_', '-')} {value}: a constraint must be positive")
     if args.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: must be >= 0")
-    if args.gpus_per_trial > 0 and not args.address:
+    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_trial > 0 else "cpu")
+    if device == "cuda" and args.gpus_per_trial <= 0:
+        raise UsageError("--device cuda: needs --gpus-per-trial > 0, or Ray would not give the trials a GPU")
+    if device == "cuda" and not args.address:  # on a cluster the workers are asked instead (nas.runner)
         available = runner.gpu_count()
         if args.gpus_per_trial > max(available, 0) or available == 0:
             raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
@@ -98,12 +107,9 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
         raise UsageError(str(exc)) from None
     if args.pick != "knee" and args.pick not in [o.name for o in objectives]:
         raise UsageError(f"--pick {args.pick}: not among the objectives {args.objectives}")
-    h, w = parse_size(args.size)
-    if h % 32 or w % 32:
-        raise UsageError(f"--size {args.size}: height and width must be multiples of 32 (ratio 4 x 3 stride-2 stages)")
-    vh, vw = parse_size(args.val_size)
-    if vh % 32 or vw % 32:
-        raise UsageError(f"--val-size {args.val_size}: height and width must be multiples of 32")
+    h, w = parse_net_size(args.size, "--size")
+    vh, vw = parse_net_size(args.val_size, "--val-size")
+    deploy = parse_net_size(args.deploy_size, "--deploy-size") if args.deploy_size else (h, w)
     if args.val_epochs < 1:
         raise UsageError(f"--val-epochs {args.val_epochs}: must be at least 1")
     if args.val_seeds < 2:
@@ -113,13 +119,16 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
     if args.val_max < 0:
         raise UsageError(f"--val-max {args.val_max}: must be >= 0")
     threads = max(1, int(args.cpus_per_trial))
-    device = "cuda" if args.gpus_per_trial > 0 else "cpu"
-    backend = default_backend(device) if args.latency_backend == "auto" else args.latency_backend
-    if backend == "onnxruntime" and default_backend(device) != backend:
-        raise UsageError("--latency-backend onnxruntime: this onnxruntime has no CUDA provider for the GPU trials "
-                         "(install onnxruntime-gpu, or use --latency-backend torch)")
+    backend = args.latency_backend
+    if not args.address:  # this machine is where trials run; a cluster's workers are asked at start (nas.runner)
+        backend = default_backend(device) if backend == "auto" else backend
+        if backend == "onnxruntime" and default_backend(device) != backend:
+            raise UsageError("--latency-backend onnxruntime: this onnxruntime has no CUDA provider for the GPU trials "
+                             "(install onnxruntime-gpu, or use --latency-backend torch)")
     settings = TrialSettings(
         epochs=args.epochs, seed=args.seed, threads=threads, device=device, latency_backend=backend,
+        precision=args.precision, gpu_share=args.gpus_per_trial if device == "cuda" and args.gpus_per_trial < 1 else 0.0,
+        deploy_size=None if deploy == (h, w) else deploy,
         constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
     )
     return st.SearchConfig(
@@ -191,13 +200,14 @@ def search(cfg: st.SearchConfig) -> int:
     _sigterm_as_interrupt()
     data = load_data(cfg.data, cfg.height, cfg.width, seed=cfg.seed)  # validated before any trial starts
     space = st.study_space(data, cfg.height, cfg.width)
+    cfg = runner.settle_on_workers(cfg)
     with st.locked_run_dir(cfg) as run_dir:
         study = st.open_study(cfg)
         fresh = len(study.trials) == 0
         if not fresh and not cfg.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")
         st.check_resumable(study, cfg, data)
-        requeued = st.recover_stale_trials(study, cfg.owner, private=cfg.storage is None)
+        requeued = st.recover_stale_trials(study, cfg.owner, private=cfg.storage is None) + st.requeue_deferred(study)
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
         if cfg.presets:
@@ -206,12 +216,19 @@ def search(cfg: st.SearchConfig) -> int:
         config = cfg.to_dict()
         progress = Progress(cfg, study, scales)
         remaining = st.remaining_budget(study, cfg.budget)
-        print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run -> {run_dir}")
+        print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run "
+              f"(costs at {cfg.deploy_label}) -> {run_dir}")
         validation, data_ref = None, None
         try:
-            if remaining:
-                data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
+            while remaining:
+                if data_ref is None:
+                    data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
                 runner.run_trials(cfg, study, space, data_ref, remaining, scales, [progress.ray_callback()])
+                # trials deferred for running out of memory run once more, beside other neighbours
+                again = st.requeue_deferred(study)
+                remaining = st.remaining_budget(study, cfg.budget)
+                if not again:
+                    break
             print()
             print(progress.line())
             if cfg.validate:
@@ -265,14 +282,17 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, ca
                 print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
 
         runner.run_validation(cfg, jobs, data_ref, p, record)
-    val.measure_isolated_latency(study, numbers, cfg.settings)
+    pending = val.isolated_latency_pending(study, numbers, cfg.settings)
+    if pending:
+        for key, latency in runner.on_worker(cfg, val.measure_isolated_latency, pending, cfg.settings).items():
+            study.set_user_attr(key, latency)
 
 
 def _scales(cfg: st.SearchConfig, study: optuna.Study, space) -> dict[str, float]:
     """The fixed hypervolume reference, measured once per study and kept in the study itself."""
     key = "hypervolume_scales"
     if key not in study.user_attrs:
-        study.set_user_attr(key, st.reference_scales(space, cfg.objectives, cfg.settings))
+        study.set_user_attr(key, runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings))
     return study.user_attrs[key]
 
 
@@ -291,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(build_parser().parse_args(argv))
     try:
         return search(cfg)
-    except st.RunFolderError as exc:
+    except (st.RunFolderError, runner.ClusterError) as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -7,7 +7,8 @@ so the multi-objective sampler never takes them for finished results and they ne
 front; failures are FAIL with their reason. Resume works from the study alone: trials left
 RUNNING by a killed driver are marked interrupted and re-queued with the same parameters. The
 driver beats Optuna's storage heartbeat for every trial in flight, so on a database shared by
-several searches only the trials whose driver has stopped beating are taken for dead.
+several searches only the trials whose driver has stopped beating are taken for dead, and each
+driver runs its own budget.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import fcntl
 import shutil
 import socket
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -100,7 +102,7 @@ class SearchConfig:
         limits = ", ".join(f"{k} <= {v:g}" for k, v in asdict(c).items() if v is not None) or "none"
         return {
             "data": f"{source} ({len(data.train)} train / {len(data.val)} val images, {data.info.num_classes} classes)",
-            "size": f"{self.height}x{self.width}", "epochs": str(s.epochs),
+            "size": f"{self.height}x{self.width}", "deploy size": self.deploy_label, "epochs": str(s.epochs),
             "early stopping": "on" if self.early_stopping else "off",
             "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
             "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
@@ -108,9 +110,14 @@ class SearchConfig:
             "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
         }
 
+    @property
+    def deploy_label(self) -> str:  # the input HxW every cost is measured at
+        return "x".join(map(str, self.settings.deploy_size or (self.height, self.width)))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["objectives"] = [o.name for o in self.objectives]
+        d["deploy_size"] = self.deploy_label
         return d
 
 
@@ -166,10 +173,7 @@ def _lock_or_refuse(run_dir: Path):
 # --- the study -----------------------------------------------------------------------------------
 def open_study(cfg: SearchConfig) -> optuna.Study:
     try:
-        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
-            warnings.simplefilter("ignore")
-            storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                 heartbeat_stale_trial_callback=_requeue)
+        storage = _open_storage(cfg.storage_url)
     except Exception as exc:
         raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
     study = optuna.create_study(
@@ -179,7 +183,29 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     if study.trials:
         # A resumed sampler must not replay the random stream the first run already used.
         study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials), cfg.budget, cfg.objectives)
+    # On a database shared by several drivers each runs its own --budget (remaining_budget counts
+    # this driver's trials only); a private database counts all, whatever path they ran under.
+    study.budget_owner = None if cfg.storage is None else cfg.owner
     return study
+
+
+def _open_storage(url: str) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+
+    def storage() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              heartbeat_stale_trial_callback=_requeue)
+
+    for attempt in range(4):
+        try:
+            return storage()
+        except sqlalchemy.exc.IntegrityError:
+            # Drivers started together on a fresh PostgreSQL database race to create Optuna's tables:
+            # the loser's CREATE hits a unique index of the catalogue, and the winner's tables are there now.
+            time.sleep(0.5 * (attempt + 1))
+    return storage()  # the last try lets any error through
 
 
 def check_resumable(study: optuna.Study, cfg: SearchConfig, data: SegData) -> None:
@@ -189,6 +215,8 @@ def check_resumable(study: optuna.Study, cfg: SearchConfig, data: SegData) -> No
     if then is None:
         study.set_user_attr("trial_meaning", now)
         return
+    # a study from before --deploy-size measured its costs at the size it trained at
+    then = {"deploy size": then.get("size"), **then}
     diffs = [f"{k}: {then.get(k, 'unset')} then, {v} now" for k, v in now.items() if then.get(k) != v]
     if diffs:
         raise RunFolderError(f"--resume: study {cfg.study!r} was run with other settings ({'; '.join(diffs)}); "
@@ -220,7 +248,7 @@ def recover_stale_trials(study: optuna.Study, owner: str, private: bool) -> int:
 def _requeue(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """Queue an interrupted trial again with the same parameters. The FAILed original is not
     counted: it never got a status (or, when this driver fails its own, is marked interrupted)."""
-    attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
+    attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset", "retry_of", "prior_attempts")}
     study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 
 
@@ -260,10 +288,10 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
 
 
 def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], settings: TrialSettings) -> dict[str, float]:
-    """Twice the most expensive preset's cost, per cost, at the study size: the fixed HV reference."""
+    """Twice the most expensive preset's cost, per cost, at the deployment size: the fixed HV reference."""
     inp = space.input
-    costs = [measure_costs(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels), settings.device,
-                           runs=10, backend=settings.latency_backend).to_dict() for n in PRESET_NAMES]
+    costs = [measure_costs(settings.deployed(load_preset(n, inp.height, inp.width, inp.num_classes, inp.in_channels)),
+                           settings.device, runs=10, backend=settings.latency_backend).to_dict() for n in PRESET_NAMES]
     return {o.key: 2.0 * max(float(c[o.key]) for c in costs) for o in objectives if o.direction == "minimize"}
 
 
@@ -274,11 +302,12 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None
     status = result.get("status", "failed")
     if error:
         status = "failed"
-        result = {**result, "reason": "worker process died or raised outside the trial (retried once)"}
+        result = {**result, "reason": "worker process died, or its CUDA context failed, twice (retried once)"}
     elif status == "running":
         status = "stopped"  # the scheduler stopped it after an intermediate report
     keep = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
-            "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts")
+            "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
+            "precision", "skipped_steps", "started_at", "finished_at")
     for key in keep:
         if key in result:
             trial.set_user_attr("epochs" if key == "epoch" else key, result[key])
@@ -286,12 +315,31 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None
     if status == "complete":
         study.tell(trial, [float(result[o.key]) for o in objectives])
     else:
-        study.tell(trial, state=TrialState.FAIL if status == "failed" else TrialState.PRUNED)
+        study.tell(trial, state=TrialState.FAIL if status in ("failed", "deferred") else TrialState.PRUNED)
     return status
 
 
+def requeue_deferred(study: optuna.Study) -> int:
+    """Queue once more every trial deferred for running out of memory; returns how many. The
+    deferred original does not count against the budget; its repeat, numbered anew, does."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("status") == "deferred" and t.number not in retried:
+            attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
+            attrs.update(retry_of=t.number, prior_attempts=int(t.user_attrs.get("attempts", 1)))
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            n += 1
+    return n
+
+
 def remaining_budget(study: optuna.Study, budget: int) -> int:
-    return max(0, budget - len(counted_trials(study)))
+    """Trials this driver has yet to run: its budget less the counted trials it ran (all of them on a
+    private database, see open_study), so drivers sharing a study run the sum of their budgets."""
+    owner = getattr(study, "budget_owner", None)
+    done = [t for t in counted_trials(study) if owner is None or t.user_attrs.get("owner") == owner]
+    return max(0, budget - len(done))
 
 
 def study_space(data: SegData, height: int, width: int) -> SearchSpace:

@@ -1,4 +1,4 @@
-"""One trial: measure the costs, check the constraints, train with per-epoch reports.
+"""One trial: measure the costs (at the deployment size), check the constraints, train with per-epoch reports.
 
 `evaluate_trial` is plain Python (no Ray), so it is tested directly; the search runs it inside
 Ray Tune workers. Every outcome is a result dict with a `status`: complete, infeasible, failed
@@ -19,6 +19,7 @@ import torch
 from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData
+from trainers.gpu_share import claim_share, is_cuda, is_fatal_cuda_error, release
 from trainers.train import TrainConfig, TrainingDiverged, fit
 
 
@@ -44,6 +45,8 @@ class FaultPlan:
     oom_at: tuple[int, ...] = ()
     kill_worker_at: tuple[int, ...] = ()  # every attempt: the trial fails after its one retry
     kill_worker_once_at: tuple[int, ...] = ()  # first attempt only: the retry succeeds
+    cuda_error_at: tuple[int, ...] = ()  # a sticky CUDA error, every attempt
+    cuda_error_once_at: tuple[int, ...] = ()  # a sticky CUDA error on the first attempt only
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class TrialSettings:
     threads: int = 1
     latency_runs: int = 30
     latency_backend: str = "onnxruntime"  # the exported graph, as deployed; or "torch" (eager)
+    precision: str = "auto"  # training autocast (trainers.train.PRECISIONS)
+    gpu_share: float = 0.0  # this trial's fraction of one GPU: its cap on the card's memory
+    # (H, W) the costs are measured at; None: the size trained at. Costs at a small training size
+    # would be dominated by per-layer overhead, not by what the deployed input costs.
+    deploy_size: tuple[int, int] | None = None
     constraints: Constraints = field(default_factory=Constraints)
     faults: FaultPlan = field(default_factory=FaultPlan)
 
@@ -67,7 +75,21 @@ class TrialSettings:
         d = dict(d)
         d["constraints"] = Constraints(**d["constraints"])
         d["faults"] = FaultPlan(**{k: tuple(v) for k, v in d["faults"].items()})
+        if d.get("deploy_size") is not None:
+            d["deploy_size"] = tuple(d["deploy_size"])
         return cls(**d)
+
+    def train_config(self, epochs: int, seed: int, shared_dir: str | None = None) -> TrainConfig:
+        """How a trial (or a validation training) of these settings trains."""
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
+                           precision=self.precision, shared_dir=shared_dir)
+
+    def deployed(self, spec: ArchSpec) -> ArchSpec:
+        """The network whose costs are reported: `spec` built at the deployment size (TVConv's maps too)."""
+        if self.deploy_size is None:
+            return spec
+        h, w = self.deploy_size
+        return spec.with_input(height=h, width=w)
 
 
 def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
@@ -77,22 +99,31 @@ def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
         raise torch.OutOfMemoryError(f"injected out-of-memory in trial {number}")
     if number in faults.kill_worker_at or (number in faults.kill_worker_once_at and attempt == 1):
         os.kill(os.getpid(), signal.SIGKILL)
+    if number in faults.cuda_error_at or (number in faults.cuda_error_once_at and attempt == 1):
+        raise RuntimeError(f"CUDA error: an illegal memory access was encountered (injected in trial {number})")
 
 
 def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
-                   report: Callable[[dict], None] = lambda r: None, shared_dir: str | None = None) -> dict:
+                   report: Callable[[dict], None] = lambda r: None, shared_dir: str | None = None,
+                   retry_of: int | None = None) -> dict:
     """Run one trial to its end and return its final result; every report carries the costs.
 
     `shared_dir` is the search's run folder, where trials share what they would otherwise each
-    recompute (DUpsampling's reconstruction matrix).
+    recompute (DUpsampling's reconstruction matrix). `retry_of` names the trial this one repeats.
 
-    Out of memory may be transient (a neighbour trial's peak on a shared GPU): it is retried once.
+    Out of memory may be transient (a neighbour trial's peak on a shared GPU), so a first one is
+    `deferred`: the driver runs the trial again later, beside other neighbours, not at once beside
+    the same ones. A sticky CUDA error is `fatal`: this worker's CUDA context is unusable, so the
+    worker must end and the trial run again in a fresh one.
     """
-    result = _attempt(spec, data, settings, number, attempt, report, shared_dir)
-    if result["status"] == "failed" and result["reason"].startswith("out of memory") and attempt == 1:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        result = _attempt(spec, data, settings, number, attempt + 1, report, shared_dir)
+    claim_share(settings.device, settings.gpu_share)
+    try:
+        result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, shared_dir)
+    finally:
+        release(settings.device)  # a reused worker starts its next trial with the cache empty
+    result.update(number=number, finished_at=time.time())
+    if result["status"] == "failed" and result["reason"].startswith("out of memory") and retry_of is None:
+        result["status"] = "deferred"
     return result
 
 
@@ -100,18 +131,20 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
              report: Callable[[dict], None], shared_dir: str | None) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
-    base: dict = {"number": number, "device": settings.device, "attempts": attempt}
+    base: dict = {"number": number, "device": settings.device, "attempts": attempt, "started_at": time.time()}
     try:
+        if is_cuda(settings.device) and not torch.cuda.is_available():
+            raise RuntimeError(f"device {settings.device}: this worker has no usable CUDA device "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
         _inject(settings.faults, number, attempt)
-        costs = measure_costs(spec, settings.device, runs=settings.latency_runs, threads=settings.threads,
-                              backend=settings.latency_backend).to_dict()
+        costs = measure_costs(settings.deployed(spec), settings.device, runs=settings.latency_runs,
+                              threads=settings.threads, backend=settings.latency_backend).to_dict()
         base.update(costs)
         violated = settings.constraints.violations(costs)
         if violated:
             return {**base, "status": "infeasible", "reason": "; ".join(violated), "epoch": 0,
                     "trial_seconds": time.perf_counter() - start}
-        cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                          seed=settings.seed, device=settings.device, shared_dir=shared_dir)
+        cfg = settings.train_config(settings.epochs, settings.seed, shared_dir)
         train_start = time.perf_counter()
 
         def on_epoch(rec) -> None:
@@ -122,12 +155,14 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
             report({**base, "epoch": rec.epoch, "miou": miou, "loss": rec.loss, "final": last,
                     "status": "complete" if last else "running",
                     "train_seconds": time.perf_counter() - train_start,
-                    "trial_seconds": time.perf_counter() - start})
+                    "trial_seconds": time.perf_counter() - start, "finished_at": time.time()})
 
         result = fit(spec, data, cfg, on_epoch=on_epoch)
         return {**base, "status": "complete", "final": True, "epoch": len(result.history), "miou": result.miou,
-                "train_seconds": result.train_seconds + result.eval_seconds, "trial_seconds": time.perf_counter() - start}
+                "train_seconds": result.train_seconds + result.eval_seconds, "trial_seconds": time.perf_counter() - start,
+                "peak_train_mem_mb": result.peak_train_mem_mb, "precision": result.precision,
+                "skipped_steps": result.skipped_steps}
     except Exception as exc:  # a bad trial is a failed row, never a crashed search
         kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else type(exc).__name__
-        return {**base, "status": "failed", "reason": f"{kind}: {exc}", "epoch": 0,
+        return {**base, "status": "failed", "reason": f"{kind}: {exc}", "epoch": 0, "fatal": is_fatal_cuda_error(exc),
                 "traceback": traceback.format_exc(limit=5), "trial_seconds": time.perf_counter() - start}

@@ -12,6 +12,7 @@ weights are kept in the run folder (`weights/`), so `nas.export --trial N` expor
 from __future__ import annotations
 
 import math
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ import torch
 from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData
-from trainers.train import TrainConfig, fit, save_checkpoint
+from trainers.gpu_share import claim_share, is_fatal_cuda_error, release
+from trainers.train import fit, save_checkpoint
 
 from .pareto import Objective, crowding_distances, losses, non_domination_ranks, trial_spec
 from .trial import TrialSettings
@@ -115,8 +117,9 @@ def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettin
     """One validation training, its weights kept in `run_dir`; a failure is a result with its
     reason, never an exception."""
     torch.set_num_threads(settings.threads)
-    cfg = TrainConfig(epochs=protocol.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=job.seed,
-                      device=settings.device, shared_dir=shared_dir)
+    cfg = settings.train_config(protocol.epochs, job.seed, shared_dir)
+    claim_share(settings.device, settings.gpu_share)
+    started = time.time()
     try:
         spec = ArchSpec.from_dict(job.spec)
         result = fit(spec, data, cfg)
@@ -124,21 +127,31 @@ def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettin
             path = weights_path(Path(run_dir), job.number, job.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(path, result.model.cpu(), spec, result.metrics)
-        return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds}
+        return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds,
+                "started_at": started, "finished_at": time.time(), "peak_train_mem_mb": result.peak_train_mem_mb}
     except Exception as exc:
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=3)}
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "fatal": is_fatal_cuda_error(exc),
+                "traceback": traceback.format_exc(limit=3)}
+    finally:
+        release(settings.device)
 
 
-def measure_isolated_latency(study: optuna.Study, numbers: Sequence[int], settings: TrialSettings) -> None:
-    """Re-measure each candidate's latency at the study size with nothing else running; stored once."""
+def isolated_latency_pending(study: optuna.Study, numbers: Sequence[int], settings: TrialSettings) -> dict[str, dict]:
+    """The candidates whose latency alone is not yet stored: study key -> the spec to time (at the deployment size)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for n in numbers:
-        key = f"isolated:{n}"
-        if key in study.user_attrs:
-            continue
-        c = measure_costs(trial_spec(trials[n]), settings.device, runs=settings.latency_runs, threads=settings.threads,
-                          backend=settings.latency_backend)
-        study.set_user_attr(key, {"latency_ms": c.latency_ms, "latency_iqr_ms": c.latency_iqr_ms})
+    return {f"isolated:{n}": settings.deployed(trial_spec(trials[n])).to_dict()
+            for n in numbers if f"isolated:{n}" not in study.user_attrs}
+
+
+def measure_isolated_latency(specs: dict[str, dict], settings: TrialSettings) -> dict[str, dict]:
+    """Time each spec one after another, with nothing else running (in a task with a trial's resources on a GPU)."""
+    torch.set_num_threads(settings.threads)
+    out = {}
+    for key, spec in specs.items():
+        c = measure_costs(ArchSpec.from_dict(spec), settings.device, runs=settings.latency_runs,
+                          threads=settings.threads, backend=settings.latency_backend)
+        out[key] = {"latency_ms": c.latency_ms, "latency_iqr_ms": c.latency_iqr_ms}
+    return out
 
 
 @dataclass(frozen=True)

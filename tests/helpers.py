@@ -17,3 +17,17 @@ def tiny_spec(core="nb1d", decoder="bilinear", downsampler="erfnet", ratio=1, tv
         stages=stages, decoder=DecoderSpec(kind=decoder, width=DECODER_WIDTH[decoder]),
         ratio=ratio, downsampler=downsampler, tvconv_from=tvconv_from,
     )
+
+
+def augment_reference(image, mask, height: int, width: int, top: int, left: int, flip: bool):
+    """The training augmentation's definition for one sample and one draw: resize to height x width
+    (image bilinear, mask nearest), crop back to the input size at (top, left), flip if asked."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    img = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    msk = F.interpolate(mask[None, None].float(), size=(height, width), mode="nearest")[0, 0]
+    img, msk = img[..., top:top + h, left:left + w], msk[top:top + h, left:left + w]
+    if flip:
+        img, msk = img.flip(-1), msk.flip(-1)
+    return img, msk.to(mask.dtype)

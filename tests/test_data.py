@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from trainers.data import DataError, augment, load_data
+from trainers.batches import Draw, TrainBatches, augment, draw, resample
+from trainers.data import DataError, load_data
 from trainers.streets import CLASS_NAMES, generate_split
 
 
@@ -190,3 +192,132 @@ def test_a_bad_palette_is_one_line(tmp_path, palette):
     (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["a", "b", "c"], "palette": palette}))
     with pytest.raises(DataError, match=r"palette must list one \[r, g, b\] triple"):
         load_data(str(root), 16, 32)
+
+
+# --- batched augmentation against its per-sample definition ----------------------------------
+def test_draws_follow_the_definition_in_distribution():
+    """s ~ U(1, 1.5) -> zoomed size max(h, round(h s)); offsets uniform integers; flip p = 0.5.
+    Frequencies must lie within 5 binomial standard deviations of the definition's probabilities."""
+    h, w, n, batches = 16, 32, 16, 1250
+    gen = torch.Generator().manual_seed(0)
+    ds = [draw(n, h, w, gen) for _ in range(batches)]
+    height, width, top, left, flip = (torch.cat([getattr(d, f) for d in ds])
+                                      for f in ("height", "width", "top", "left", "flip"))
+    total = n * batches
+
+    def close(count, p, trials):
+        return abs(count / trials - p) <= 5 * (p * (1 - p) / trials) ** 0.5
+
+    # round(16 s) for s in [1, 1.5): 16 and 24 each take a half-width bin (1/16), 17..23 a full one (1/8)
+    for k in range(16, 25):
+        assert close(int((height == k).sum()), 1 / 16 if k in (16, 24) else 1 / 8, total), k
+    assert height.min() >= h and height.max() <= 24
+    assert ((width - 2 * height).abs() <= 1).all()  # one s for both axes: |round(2hs) - 2 round(hs)| <= 1
+    for zoomed, offset, size in ((height, top, h), (width, left, w)):
+        assert (offset >= 0).all() and (offset <= zoomed - size).all()
+        for k in zoomed.unique().tolist():
+            sel = offset[zoomed == k]
+            for j in range(k - size + 1):
+                assert close(int((sel == j).sum()), 1 / (k - size + 1), len(sel)), (k, j)
+    assert close(int(flip.sum()), 0.5, total)
+    assert close(int(flip[top == 0].sum()), 0.5, int((top == 0).sum()))  # independent of the offset
+
+
+def _draw(*params) -> Draw:
+    return Draw(*(torch.tensor([p[i] for p in params]) for i in range(5)))
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.int64])
+def test_resampling_equals_the_per_sample_definition_for_a_draw(mask_dtype):
+    from helpers import augment_reference
+
+    h, w = 12, 20
+    params = [(12, 20, 0, 0, False), (12, 20, 0, 0, True), (18, 30, 6, 10, False), (18, 30, 0, 0, True),
+              (15, 25, 2, 3, True), (13, 22, 1, 2, False), (17, 29, 5, 9, True), (12, 21, 0, 1, False)]
+    x = torch.rand(len(params), 3, h, w) * 2 - 1
+    m = torch.randint(0, 256, (len(params), h, w)).to(mask_dtype)
+    out_x, out_m = resample(x, m, _draw(*params))
+    assert out_x.shape == x.shape and out_x.dtype == x.dtype
+    assert out_m.shape == m.shape and out_m.dtype == mask_dtype
+    for k, p in enumerate(params):
+        ref_x, ref_m = augment_reference(x[k], m[k], *p)
+        assert torch.allclose(out_x[k], ref_x, atol=1e-5), p
+        assert torch.equal(out_m[k], ref_m), p
+    assert torch.equal(out_m[0], m[0]) and torch.equal(out_m[1], m[1].flip(-1))  # no zoom: a copy, a mirror
+    assert torch.allclose(out_x[0], x[0], atol=1e-6) and torch.allclose(out_x[1], x[1].flip(-1), atol=1e-6)
+
+
+def test_a_twofold_zoom_repeats_each_mask_pixel_twice_per_axis():
+    m = torch.arange(6 * 8, dtype=torch.int64).view(1, 6, 8)
+    _, out = resample(torch.zeros(1, 1, 6, 8), m, _draw((12, 16, 3, 5, False)))
+    expect = torch.tensor([[int(m[0, (3 + i) // 2, (5 + j) // 2]) for j in range(8)] for i in range(6)])
+    assert torch.equal(out[0], expect)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.int64])
+def test_augmented_masks_stay_aligned_with_the_images(mask_dtype):
+    """An image whose colour is its mask: channel 0 is 40 x class (stripes of 5 px and bands of 4 px,
+    class = stripe parity + band parity, so neighbouring regions differ by one class), channel 1
+    flags an ignored block. Away from class boundaries the colour decodes to the mask's value."""
+    h, w, n = 24, 40, 64
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cls = (xx // 5) % 2 + (yy // 4) % 2
+    ignored = (yy >= 8) & (yy < 16) & (xx >= 10) & (xx < 20)
+    mask = torch.where(ignored, 255, cls).to(mask_dtype)
+    image = torch.stack((40.0 * cls, 200.0 * ignored, torch.zeros(h, w)))
+    out_x, out_m = augment(image.expand(n, 3, h, w).contiguous(), mask.expand(n, h, w).contiguous(),
+                           torch.Generator().manual_seed(0))
+    assert set(out_m.unique().tolist()) <= {0, 1, 2, 255}  # never blended
+    decoded = torch.where(out_x[:, 1] > 100, 255, (out_x[:, 0] / 40).round().long())
+    m = out_m.long()
+    # interior: one class over the 3 x 3 neighbourhood; the crop's edge counts as a boundary (the
+    # zoomed image goes on beyond it, with classes the mask no longer shows)
+    window = F.pad(m, (1, 1, 1, 1), value=-1).unfold(1, 3, 1).unfold(2, 3, 1)
+    interior = (window == m[..., None, None]).flatten(-2).all(-1)
+    assert interior.float().mean() > 0.3  # the check covers much of the image
+    assert torch.equal(decoded[interior], m[interior])
+    assert (out_x[:, 1] > 100).any() and (out_m == 255).any()
+
+
+def test_augmentation_is_seeded_and_uses_the_generator_only():
+    x = torch.rand(6, 3, 16, 32)
+    y = torch.randint(0, 3, (6, 16, 32), dtype=torch.uint8)
+    torch.manual_seed(1)
+    a = augment(x, y, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)  # the global generator plays no part
+    b = augment(x, y, torch.Generator().manual_seed(5))
+    c = augment(x, y, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_train_batches_index_convert_and_cast():
+    from trainers.data import Split, to_float
+
+    split = Split(torch.randint(0, 256, (5, 3, 8, 16), dtype=torch.uint8),
+                  torch.randint(0, 4, (5, 8, 16), dtype=torch.uint8))
+    idx = torch.tensor([3, 0, 4])
+    x, y = TrainBatches(split, "cpu")(idx)
+    assert torch.equal(x, to_float(split.images[idx]))
+    assert y.dtype == torch.int64 and torch.equal(y, split.masks[idx].long())
+    xa, ya = TrainBatches(split, "cpu")(idx, torch.Generator().manual_seed(0))
+    xb, yb = augment(to_float(split.images[idx]), split.masks[idx], torch.Generator().manual_seed(0))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb.long())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("share", [1 / 16, 0.0])  # the split held on the GPU; staged per batch
+def test_a_seed_makes_the_same_batches_on_the_gpu(monkeypatch, share):
+    import trainers.batches as batches
+    from trainers.data import Split
+
+    monkeypatch.setattr(batches, "RESIDENT_SHARE", share)
+    split = Split(torch.randint(0, 256, (8, 3, 32, 64), dtype=torch.uint8),
+                  torch.randint(0, 19, (8, 32, 64), dtype=torch.uint8))
+    idx = torch.tensor([5, 1, 2, 7])
+    gpu = TrainBatches(split, "cuda")
+    assert gpu.staged == (share == 0)
+    cx, cy = TrainBatches(split, "cpu")(idx, torch.Generator().manual_seed(3))
+    gx, gy = gpu(idx, torch.Generator().manual_seed(3))
+    assert gx.is_cuda and gy.dtype == torch.int64
+    assert torch.equal(gy.cpu(), cy) and torch.allclose(gx.cpu(), cx, atol=1e-4)

@@ -20,7 +20,8 @@ BUDGET = 7
 def faulty_run(tmp_path_factory):
     os.environ.setdefault("LIGHTSEG_CACHE", str(tmp_path_factory.mktemp("cache")))
     out = tmp_path_factory.mktemp("faults")
-    faults = FaultPlan(raise_at=(0,), nan_at=(1,), oom_at=(2,), kill_worker_at=(3,), kill_worker_once_at=(4,))
+    faults = FaultPlan(raise_at=(0,), nan_at=(1,), oom_at=(2,), kill_worker_at=(3,), kill_worker_once_at=(4,),
+                       cuda_error_once_at=(5,))
     cfg = make_config(out, "--no-presets", "--no-early-stopping", faults=faults)
     assert search(cfg) == 0
     return cfg, pd.read_csv(cfg.run_dir / "trials.csv").set_index("trial")
@@ -34,7 +35,6 @@ def test_the_budget_completes_with_one_row_per_trial(faulty_run):
 @pytest.mark.parametrize("number,reason,attempts", [
     (0, "RuntimeError: injected fault", 1),
     (1, "TrainingDiverged: validation mIoU is", 1),
-    (2, "out of memory", 2),  # transient: retried once
     (3, "worker process died", None),
 ])
 def test_each_fault_is_a_failed_row_with_its_reason(faulty_run, number, reason, attempts):
@@ -45,10 +45,24 @@ def test_each_fault_is_a_failed_row_with_its_reason(faulty_run, number, reason, 
         assert row["attempts"] == attempts
 
 
+def test_out_of_memory_is_retried_once_later_not_at_once(faulty_run):
+    _, table = faulty_run
+    assert 2 not in table.index  # the deferred first attempt uses no budget
+    retry = table[table["retry_of"] == 2]
+    assert len(retry) == 1 and retry.index[0] == BUDGET  # queued after every other trial of the budget
+    row = retry.iloc[0]
+    assert row["state"] == "failed" and "out of memory" in row["reason"] and row["attempts"] == 2
+
+
 def test_a_worker_killed_once_is_retried_and_completes(faulty_run):
     _, table = faulty_run
     assert table.loc[4, "state"] == "complete" and table.loc[4, "attempts"] == 2
-    assert (table.loc[5:, "state"] == "complete").all()
+    assert table.loc[6, "state"] == "complete"
+
+
+def test_a_cuda_error_ends_the_worker_and_the_trial_runs_again_in_a_fresh_one(faulty_run):
+    _, table = faulty_run
+    assert table.loc[5, "state"] == "complete" and table.loc[5, "attempts"] == 2
 
 
 def test_a_run_folder_in_use_is_refused(faulty_run):

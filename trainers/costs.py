@@ -32,6 +32,8 @@ from search_spaces import ArchSpec, build_model
 from search_spaces.blocks import TVConv
 from search_spaces.blocks.dupsample import DUpsamplingDecoder
 
+from .gpu_share import DeviceLock
+
 # Ops that cost no multiply-adds by this project's convention (see the module docstring).
 ZERO_COST_OPS = (
     "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::relu",
@@ -230,12 +232,15 @@ def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: i
     model = build_model(spec) if model is None else model
     model.eval()
     gmacs = count_gmacs(model, spec)
-    if backend == "onnxruntime":
-        from .deploy import measure_onnx_latency
-        lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
-    elif backend == "torch":
-        lat = measure_latency(model, spec, device, warmup, runs, threads)
-    else:
+    if backend not in LATENCY_BACKENDS:
         raise ValueError(f"latency backend {backend!r}: one of {', '.join(LATENCY_BACKENDS)}")
+    lock = DeviceLock(device)
+    with lock.exclusive():  # on a shared GPU: no neighbour trains or times while this one times
+        if backend == "onnxruntime":
+            from .deploy import measure_onnx_latency
+            lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
+        else:
+            lat = measure_latency(model, spec, device, warmup, runs, threads)
+    lock.close()
     mem = measure_peak_memory_mb(model, spec, device)
     return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)

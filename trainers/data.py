@@ -1,8 +1,8 @@
 """Datasets behind one `--data` argument: the embedded street scenes, a folder layout, Cityscapes.
 
 Every source is validated before any training starts, then loaded into memory at the study's input
-size (images bilinear, masks nearest), so a search never touches the disk again. Training-time
-augmentation (random scale, crop, flip) is applied per batch from a seeded generator.
+size (images bilinear, masks nearest), so a search never touches the disk again. Training batches
+are made (and augmented) on the trial's device by `trainers.batches`.
 """
 from __future__ import annotations
 
@@ -296,22 +296,3 @@ def _load_splits(source: str, info: DatasetInfo, pairs: dict[str, list], height:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float in [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)
-
-
-def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator,
-            scale: tuple[float, float] = (1.0, 1.5)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random zoom-in (scale >= 1), crop back to size and horizontal flip, per sample."""
-    n, _, h, w = images.shape
-    out_i, out_m = torch.empty_like(images), torch.empty_like(masks)
-    for k in range(n):
-        s = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=gen).item()
-        sh, sw = max(h, round(h * s)), max(w, round(w * s))
-        img = F.interpolate(images[k:k + 1], size=(sh, sw), mode="bilinear", align_corners=False)
-        msk = F.interpolate(masks[k:k + 1, None].float(), size=(sh, sw), mode="nearest")[:, 0]
-        y0 = int(torch.randint(0, sh - h + 1, (), generator=gen))
-        x0 = int(torch.randint(0, sw - w + 1, (), generator=gen))
-        img, msk = img[..., y0:y0 + h, x0:x0 + w], msk[..., y0:y0 + h, x0:x0 + w]
-        if torch.rand((), generator=gen) < 0.5:
-            img, msk = img.flip(-1), msk.flip(-1)
-        out_i[k], out_m[k] = img[0], msk[0].to(masks.dtype)
-    return out_i, out_m

@@ -37,15 +37,30 @@ def onnx_bytes(model: nn.Module, spec: ArchSpec) -> bytes:
     return buffer.getvalue()
 
 
-def providers(device: str) -> list[str]:
-    """ONNX Runtime's execution providers for `device`: CUDA's where it is installed, else the CPU's."""
+def providers(device: str) -> list:
+    """ONNX Runtime's execution providers for `device`: CUDA's where it is installed, else the CPU's.
+
+    TF32 is off on CUDA: the session must compute the float32 network that PyTorch checks it
+    against (TF32 convolutions miss the 1e-4 check), and a deployment that wants TF32 says so.
+    """
     import onnxruntime as ort
 
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = torch.device(device).index or 0
+        return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def check_active_provider(sess, device: str) -> None:
+    """A CUDA session whose provider failed to load runs on the CPU: its figures would be labelled
+    cuda but be the CPU's, so that is an error here, never a silent fallback."""
+    active = sess.get_providers()
+    if device.startswith("cuda") and (not active or active[0] != "CUDAExecutionProvider"):
+        raise RuntimeError(f"device {device}: ONNX Runtime's CUDA provider is installed but did not load "
+                           f"(the session runs on {', '.join(active) or 'nothing'}); check the CUDA and cuDNN "
+                           "libraries onnxruntime-gpu needs, or use --latency-backend torch")
 
 
 def default_backend(device: str) -> str:
@@ -68,7 +83,9 @@ def session(graph: bytes | str | Path, device: str = "cpu", threads: int = 1):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     source = str(graph) if isinstance(graph, (str, Path)) else graph
-    return ort.InferenceSession(source, sess_options=opts, providers=providers(device))
+    sess = ort.InferenceSession(source, sess_options=opts, providers=providers(device))
+    check_active_provider(sess, device)
+    return sess
 
 
 def max_difference(model: nn.Module, spec: ArchSpec, sess, tol: float = 1e-4) -> float:
@@ -96,16 +113,26 @@ def export_onnx(model: nn.Module, spec: ArchSpec, path: Path, tol: float = 1e-4)
 
 def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
                          runs: int = 50, threads: int = 1) -> LatencyStats:
-    """Batch-1 ONNX Runtime latency of the exported graph (checked against PyTorch first)."""
+    """Batch-1 ONNX Runtime latency of the exported graph (checked against PyTorch first).
+
+    Input and output stay bound on the session's device (IO binding), so a timed run is the
+    network alone, not also a copy of the logits back to the host.
+    """
+    import onnxruntime as ort
+
     sess = session(onnx_bytes(model, spec), device, threads)
     max_difference(model, spec, sess)
-    feed = {"image": example_input(spec).numpy()}
+    kind, index = ("cuda", torch.device(device).index or 0) if device.startswith("cuda") else ("cpu", 0)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(example_input(spec).numpy(), kind, index))
+    binding.bind_output("logits", kind, index)
     for _ in range(warmup):
-        sess.run(None, feed)
+        sess.run_with_iobinding(binding)
     times = []
-    for _ in range(runs):  # sess.run returns host arrays, so the CUDA provider has finished when it returns
+    for _ in range(runs):
         t0 = time.perf_counter_ns()
-        sess.run(None, feed)
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the device has finished when this returns
         times.append((time.perf_counter_ns() - t0) / 1e6)
     return latency_stats(times, device, threads)
 

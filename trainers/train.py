@@ -1,6 +1,7 @@
 """Training: `fit(spec, data, config)` trains one network and reports validation mIoU per epoch."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -16,8 +17,15 @@ from torch import nn
 from search_spaces import ArchSpec, build_model
 from search_spaces.blocks.dupsample import DUpsamplingDecoder, fit_reconstruction
 
-from .data import SegData, Split, augment, to_float
+from .batches import TrainBatches, to_device
+from .data import SegData, Split, to_float
+from .gpu_share import DeviceLock, is_cuda
 from .metrics import SegMetrics, confusion_matrix
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 steps whose loss overflowed are skipped; this many in a row means the run has diverged.
+MAX_SKIPPED_IN_ROW = 10
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,11 +43,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # CPU threads for this training; None keeps torch's setting
+    precision: str = "auto"  # fp32, bf16 or fp16 autocast; auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU
     shared_dir: str | None = None  # where a search keeps what its trials share (DUpsampling's W)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("poly", "cosine"):
             raise ValueError(f"schedule: {self.schedule!r} is not allowed; one of ['poly', 'cosine']")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not allowed; one of {list(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs {self.epochs} and batch_size {self.batch_size} must be >= 1")
 
@@ -59,12 +70,24 @@ class FitResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     stopped_early: bool = False
-    peak_train_mem_mb: float | None = None
+    peak_train_mem_mb: float | None = None  # CUDA allocator peak of the whole training
+    precision: str = "fp32"  # what `auto` resolved to
+    skipped_steps: int = 0  # fp16 steps skipped for an overflow (loss or gradients)
     model: nn.Module | None = None  # the trained network, in eval mode
 
     @property
     def miou(self) -> float:
         return self.metrics.miou
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """What `auto` means on `device`: bf16 needs no loss scaling, so it is preferred where the GPU
+    supports it; fp16 with a gradient scaler on older GPUs; fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if is_cuda(device) and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:
@@ -82,7 +105,7 @@ def evaluate(model: nn.Module, split: Split, num_classes: int, ignore_index: int
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.inference_mode():
         for i in range(0, len(split), batch_size):
-            x = to_float(split.images[i:i + batch_size]).to(device)
+            x = to_float(to_device(split.images[i:i + batch_size], device))  # uint8 crosses, not float
             pred = model(x).argmax(1).cpu()
             cm += confusion_matrix(pred, split.masks[i:i + batch_size], num_classes, ignore_index)
     return SegMetrics.from_confusion(cm)
@@ -132,14 +155,18 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     device, info = config.device, data.info
     model = (model or prepare_model(spec, data, config.seed, config.shared_dir)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws whatever the device
+    batches = TrainBatches(data.train, device)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total, step = steps_per_epoch * config.epochs, 0
-    use_amp = device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if use_amp:
+    precision = resolve_precision(config.precision, device)
+    device_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+    lock = DeviceLock(device)  # steps shared, so a neighbour's latency timing never overlaps them
+    if is_cuda(device):
         torch.cuda.reset_peak_memory_stats(device)
-    result = FitResult(metrics=SegMetrics(float("nan"), float("nan"), ()))
+    result = FitResult(metrics=SegMetrics(float("nan"), float("nan"), ()), precision=precision)
+    in_row = 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -149,24 +176,32 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            x, y = to_float(data.train.images[idx]), data.train.masks[idx]
-            if config.augment:
-                x, y = augment(x, y, gen)
-            x, y = x.to(device), y.long().to(device)
+            x, y = batches(idx, gen if config.augment else None)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, step, total)
-            with torch.autocast("cuda", enabled=use_amp):
-                loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {b} ({spec.tag()})")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
             step += 1
+            with lock.shared():
+                with _autocast(device_type, precision):
+                    loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
+                value = loss.item()
+                if not math.isfinite(value):
+                    in_row += 1
+                    if precision != "fp16" or in_row > MAX_SKIPPED_IN_ROW:
+                        raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {b} ({spec.tag()}, {precision})")
+                    result.skipped_steps += 1
+                    continue
+                in_row = 0
+                opt.zero_grad(set_to_none=True)
+                scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if scaler.is_enabled() and scaler.get_scale() < scale:  # gradients overflowed: step skipped
+                    result.skipped_steps += 1
+            losses.append(value)
         t1 = time.perf_counter()
-        result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
+        with lock.shared():
+            result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
         t2 = time.perf_counter()
         result.train_seconds += t1 - t0
         result.eval_seconds += t2 - t1
@@ -175,10 +210,17 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
         if on_epoch is not None and on_epoch(record) is False:
             result.stopped_early = epoch < config.epochs
             break
-    if use_amp:
+    if is_cuda(device):
         result.peak_train_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    lock.close()
     result.model = model.eval()
     return result
+
+
+def _autocast(device_type: str, precision: str):
+    if precision not in AMP_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=AMP_DTYPES[precision])
 
 
 def _check_compatible(spec: ArchSpec, data: SegData) -> None:

@@ -1,0 +1,116 @@
+"""Sharing one GPU between trials: a memory share per process, a timing lock, clean hand-overs.
+
+Ray gives a trial a fraction of a GPU (`--gpus-per-trial 0.25`: four trials on one card) but
+enforces none of it. This module makes the fraction real and keeps the figures honest:
+
+- `claim_share` caps the process's CUDA caching allocator at its fraction of the card, so one
+  trial's peak cannot push its neighbours out of memory.
+- `DeviceLock` is a node-wide reader-writer lock per GPU (files keyed by the card's UUID, so every
+  worker process on the node agrees whatever CUDA_VISIBLE_DEVICES says). Training and evaluation
+  steps hold it shared; latency timing holds it exclusive, so a latency is never taken while a
+  neighbour trains on the same card. A turnstile gives the timer priority: once it waits, no new
+  step starts, and the steps in flight finish first.
+- `release` hands a reused worker back clean between trials (cached blocks freed, peak reset).
+- `is_fatal_cuda_error` tells a sticky CUDA error (the context is poisoned; every later kernel in
+  this process fails) from a recoverable one such as out of memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+# Texts of errors after which the CUDA context of this process is unusable.
+_FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure",
+                  "CUBLAS_STATUS", "CUDNN_STATUS_EXECUTION_FAILED", "cudaErrorLaunchFailure")
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def claim_share(device: str, share: float) -> None:
+    """Cap this process's CUDA memory at `share` of the card (0 < share < 1); no-op otherwise."""
+    if is_cuda(device) and 0 < share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
+
+
+def release(device: str) -> None:
+    """Free what the last trial left in the caching allocator and reset its peak counter."""
+    gc.collect()
+    if is_cuda(device) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def is_fatal_cuda_error(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MARKERS)
+
+
+def _lock_dir() -> Path:
+    path = Path(os.environ.get("LIGHTSEG_LOCK_DIR") or Path(tempfile.gettempdir()) / f"lightseg-gpu-{os.getuid()}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _card_key(device: str) -> str:
+    index = torch.device(device).index or 0
+    try:
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # an old driver without UUIDs: the visible index is the best key there is
+        return f"visible{os.environ.get('CUDA_VISIBLE_DEVICES', '')}-{index}"
+
+
+class DeviceLock:
+    """Shared for training steps, exclusive for timing; a no-op on the CPU (or with `key=None`)."""
+
+    def __init__(self, device: str, key: str | None = "auto"):
+        self.enabled = key is not None and (key != "auto" or (is_cuda(device) and torch.cuda.is_available()))
+        if self.enabled:
+            name = _card_key(device) if key == "auto" else key
+            folder = _lock_dir()
+            self._gate = open(folder / f"{name}.gate", "a+")
+            self._use = open(folder / f"{name}.use", "a+")
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        fcntl.flock(self._gate, fcntl.LOCK_SH)  # passes at once unless a timer waits
+        fcntl.flock(self._gate, fcntl.LOCK_UN)
+        fcntl.flock(self._use, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._use, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        fcntl.flock(self._gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._use, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._gate.close()
+            self._use.close()
