@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# the postgres extra: tests/test_postgres.py runs against a real server where one is installed
+	$(PY) -m pip install -q -e '.[dev,postgres]'
 	touch $(STAMP)
 
 # --resume makes a second `make search` finish (or just re-report) the same study instead of

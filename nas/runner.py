@@ -23,13 +23,14 @@ from trainers.data import SegData
 
 from .pareto import Objective
 from .promotion import mo_asha
+from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
 from .study import Heartbeat, SearchConfig, record_outcome
 from .trial import TrialSettings, evaluate_trial
 
 
 # --- Ray Tune wiring -------------------------------------------------------------------------------
 def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str],
-                  owner: str):
+                  owner: str, reconstruction: Callable[[ArchSpec], str | None]):
     from ray.tune.search import Searcher
 
     class OptunaStudySearcher(Searcher):
@@ -56,7 +57,7 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 pass
             self.trials[trial_id] = trial
             return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or "",
-                    "retry_of": -1 if retry_of is None else retry_of,
+                    "retry_of": -1 if retry_of is None else retry_of, "reconstruction": reconstruction(spec),
                     "prior_attempts": trial.user_attrs.get("prior_attempts", 0)}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -76,18 +77,22 @@ class WorkerUnusable(RuntimeError):
 
 
 def _trainable(config: dict, data: SegData) -> None:
+    import ray
     from ray import tune
 
     settings = TrialSettings.from_dict(config["settings"])
     spec = ArchSpec.from_dict(config["spec"])
-    attempt = config.get("prior_attempts", 0) + next_attempt(Path(config["run_dir"]), config["number"])
+    attempt = config.get("prior_attempts", 0) + worker_attempt(config["ledger"], config["number"])
     retry_of = config.get("retry_of", -1)
-    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt, report=tune.report,
-                            shared_dir=config["run_dir"], retry_of=None if retry_of < 0 else retry_of)
+    node = ray.get_runtime_context().get_node_id()  # where it ran, for the record (and the cluster tests)
+    result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt,
+                            report=lambda r: tune.report({**r, "node": node}),
+                            reconstruction=worker_reconstruction(config["ledger"], config["reconstruction"]),
+                            retry_of=None if retry_of < 0 else retry_of)
     if result.get("fatal"):
         raise WorkerUnusable(result["reason"])
     if result["status"] != "complete":
-        tune.report({"miou": 0.0, **result})
+        tune.report({"miou": 0.0, **result, "node": node})
 
 
 def _shared_trainable(data_ref):
@@ -123,6 +128,8 @@ def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Optuna holds every result: Ray's per-trial JSON/CSV/TensorBoard loggers are only overhead.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A trial needs no working folder of its own: nothing it makes is written to disk.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if not ray.is_initialized():
         kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -135,22 +142,10 @@ def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
         raise ClusterError(f"--gpus-per-trial {cfg.gpus_per_trial}: Ray sees {gpus:g} GPU(s) here")
 
 
-def next_attempt(run_dir: Path, number: int) -> int:
-    """Count this trial's attempts (a worker that died is retried once) with marker files."""
-    folder = run_dir / "attempts"
-    folder.mkdir(exist_ok=True)
-    attempt = 1
-    while True:
-        try:
-            (folder / f"{number}.{attempt}").touch(exist_ok=False)
-            return attempt
-        except FileExistsError:
-            attempt += 1
-
-
-def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_ref, n: int,
+def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, data_ref, n: int,
                scales: dict[str, float], callbacks: list) -> None:
-    """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store."""
+    """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store
+    (`data` is the driver's view of it, on which the driver fits DUpsampling's W for the trials)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -162,31 +157,54 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data_
         fits = min(fits, resources.get("GPU", 0) // cfg.gpus_per_trial)
     concurrent = cfg.max_concurrent or max(1, int(fits))
     early_stopped: set[str] = set()
-    searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner)
+    services = DriverServices()
+    searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner,
+                             lambda spec: services.reconstruction(spec, data, cfg.settings.seed))
     scheduler = (mo_asha(cfg.objectives, scales, cfg.settings.epochs, early_stopped)
                  if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler())
     trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        param_space={"settings": cfg.settings.to_dict(), "run_dir": str(cfg.run_dir.resolve())},
+        param_space={"settings": cfg.settings.to_dict(), "ledger": services.name},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
                                   verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=1)),
     )
-    with Heartbeat(study, searcher.trials):
-        tuner.fit()
+    try:
+        with Heartbeat(study, searcher.trials):
+            tuner.fit()
+    finally:
+        services.close()
 
 
-def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Callable[[object, dict], None]) -> None:
+def publish_reconstructions(jobs: list, data: SegData) -> dict[str, object]:
+    """DUpsampling's W for each validation job that needs one, fitted here once per key and put in
+    the object store: job key -> reference."""
+    import ray
+
+    refs, by_key = {}, {}
+    for job in jobs:
+        spec = ArchSpec.from_dict(job.spec)
+        key = reconstruction_key(spec, data.info.ignore_index, job.seed)
+        if key is not None:
+            if key not in by_key:
+                by_key[key] = ray.put(fit_for(spec, data, job.seed))
+            refs[job.key] = by_key[key]
+    return refs
+
+
+def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Callable[[object, dict], None],
+                   reconstructions: dict | None = None) -> None:
     """Run the validation trainings as Ray tasks (a worker that dies is retried once); `record`
-    stores each result as soon as it arrives, so a kill loses only the trainings in flight."""
+    stores each result as soon as it arrives, so a kill loses only the trainings in flight.
+    `reconstructions` maps a job's key to the object-store reference of its DUpsampling W."""
     import ray
 
     start_ray(cfg)
     task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(_validation_task)
-    shared, run_dir = str((cfg.run_dir / "validate").resolve()), str(cfg.run_dir.resolve())
-    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, shared, run_dir): job for job in jobs}
+    fits = reconstructions or {}
+    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, fits.get(job.key)): job for job in jobs}
     while in_flight:
         done, _ = ray.wait(list(in_flight), num_returns=1)
         job = in_flight.pop(done[0])
@@ -197,10 +215,12 @@ def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Ca
         record(job, result)
 
 
-def _validation_task(job, data, protocol, settings, shared_dir, run_dir):
+def _validation_task(job, data, protocol, settings, reconstruction):
     from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
 
-    result = train_job(job, data, protocol, settings, shared_dir, run_dir)
+    import ray
+
+    result = {**train_job(job, data, protocol, settings, reconstruction), "node": ray.get_runtime_context().get_node_id()}
     if result.get("fatal"):  # a sticky CUDA error: this worker must not take another task; Ray retries this one
         os._exit(70)
     return result

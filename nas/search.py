@@ -12,7 +12,7 @@ import pandas as pd
 from trainers.costs import LATENCY_BACKENDS
 from trainers.data import load_data
 from trainers.deploy import default_backend
-from trainers.train import PRECISIONS
+from trainers.train import PRECISIONS, write_checkpoint
 
 from . import runner, study as st, validate as val
 from .cli import UsageError, parse_net_size, run
@@ -147,11 +147,11 @@ class Progress:
     def __init__(self, cfg: st.SearchConfig, study: optuna.Study, scales: dict[str, float]):
         self.cfg, self.study, self.scales = cfg, study, scales
         self.start = time.time()
-        self.done_at_start = len(st.counted_trials(study))
+        self.done_at_start = len(st.own_trials(study, cfg.budget_owner))
         self.running = 0
 
     def line(self) -> str:
-        counts = st.count_states(self.study)
+        counts = st.count_states(self.study, self.cfg.budget_owner)
         done = sum(counts.values())
         front = front_trials(self.study)
         hv = hypervolume(losses(t.values, self.cfg.objectives, self.scales) for t in front)
@@ -215,18 +215,18 @@ def search(cfg: st.SearchConfig) -> int:
         scales = _scales(cfg, study, space)
         config = cfg.to_dict()
         progress = Progress(cfg, study, scales)
-        remaining = st.remaining_budget(study, cfg.budget)
-        print(f"study {cfg.study}: {len(st.counted_trials(study))} trials done, {remaining} to run "
+        remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
+        print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
         validation, data_ref = None, None
         try:
             while remaining:
                 if data_ref is None:
                     data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
-                runner.run_trials(cfg, study, space, data_ref, remaining, scales, [progress.ray_callback()])
+                runner.run_trials(cfg, study, space, data, data_ref, remaining, scales, [progress.ray_callback()])
                 # trials deferred for running out of memory run once more, beside other neighbours
                 again = st.requeue_deferred(study)
-                remaining = st.remaining_budget(study, cfg.budget)
+                remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
                 if not again:
                     break
             print()
@@ -273,6 +273,9 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, ca
         done = []
 
         def record(job: val.Job, result: dict) -> None:
+            checkpoint = result.pop("checkpoint", None)  # made by a worker, kept by the driver
+            if checkpoint is not None:
+                write_checkpoint(val.weights_path(cfg.run_dir, job.number, job.seed), checkpoint)
             study.set_user_attr(job.key, result)
             if cache is not None and result["status"] == "complete":  # a failure is retried by a re-run
                 cache.add(job, result)
@@ -281,7 +284,7 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, ca
                 what = f"mIoU {result['miou']:.4f}" if result["status"] == "complete" else result["reason"]
                 print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
 
-        runner.run_validation(cfg, jobs, data_ref, p, record)
+        runner.run_validation(cfg, jobs, data_ref, p, record, runner.publish_reconstructions(jobs, data))
     pending = val.isolated_latency_pending(study, numbers, cfg.settings)
     if pending:
         for key, latency in runner.on_worker(cfg, val.measure_isolated_latency, pending, cfg.settings).items():

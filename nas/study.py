@@ -91,6 +91,12 @@ class SearchConfig:
         return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
 
     @property
+    def budget_owner(self) -> str | None:
+        """Whose trials count against this driver's budget: its own on a database shared by several
+        drivers; every trial on the run folder's private one, whatever path they ran under."""
+        return None if self.storage is None else self.owner
+
+    @property
     def owner(self) -> str:
         """Names the driver of a trial: only one driver at a time holds this run folder's lock."""
         return f"{socket.gethostname()}:{self.run_dir.resolve()}"
@@ -183,9 +189,6 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     if study.trials:
         # A resumed sampler must not replay the random stream the first run already used.
         study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials), cfg.budget, cfg.objectives)
-    # On a database shared by several drivers each runs its own --budget (remaining_budget counts
-    # this driver's trials only); a private database counts all, whatever path they ran under.
-    study.budget_owner = None if cfg.storage is None else cfg.owner
     return study
 
 
@@ -307,7 +310,7 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None
         status = "stopped"  # the scheduler stopped it after an intermediate report
     keep = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
             "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
-            "precision", "skipped_steps", "started_at", "finished_at")
+            "precision", "skipped_steps", "started_at", "finished_at", "node")
     for key in keep:
         if key in result:
             trial.set_user_attr("epochs" if key == "epoch" else key, result[key])
@@ -334,12 +337,15 @@ def requeue_deferred(study: optuna.Study) -> int:
     return n
 
 
-def remaining_budget(study: optuna.Study, budget: int) -> int:
-    """Trials this driver has yet to run: its budget less the counted trials it ran (all of them on a
-    private database, see open_study), so drivers sharing a study run the sum of their budgets."""
-    owner = getattr(study, "budget_owner", None)
-    done = [t for t in counted_trials(study) if owner is None or t.user_attrs.get("owner") == owner]
-    return max(0, budget - len(done))
+def own_trials(study: optuna.Study, owner: str | None) -> list[optuna.trial.FrozenTrial]:
+    """The counted trials of driver `owner` (SearchConfig.budget_owner); None: every counted trial."""
+    return [t for t in counted_trials(study) if owner is None or t.user_attrs.get("owner") == owner]
+
+
+def remaining_budget(study: optuna.Study, budget: int, owner: str | None = None) -> int:
+    """Trials driver `owner` has yet to run: its budget less the counted trials it ran, so drivers
+    sharing a study run the sum of their budgets (None, a private database: every trial counts)."""
+    return max(0, budget - len(own_trials(study, owner)))
 
 
 def study_space(data: SegData, height: int, width: int) -> SearchSpace:
@@ -347,8 +353,8 @@ def study_space(data: SegData, height: int, width: int) -> SearchSpace:
                                  num_classes=data.info.num_classes))
 
 
-def count_states(study: optuna.Study) -> dict[str, int]:
+def count_states(study: optuna.Study, owner: str | None = None) -> dict[str, int]:
     counts = dict.fromkeys(COUNTED, 0)
-    for t in counted_trials(study):
+    for t in own_trials(study, owner):
         counts[t.user_attrs["status"]] += 1
     return counts

@@ -79,10 +79,10 @@ class TrialSettings:
             d["deploy_size"] = tuple(d["deploy_size"])
         return cls(**d)
 
-    def train_config(self, epochs: int, seed: int, shared_dir: str | None = None) -> TrainConfig:
+    def train_config(self, epochs: int, seed: int) -> TrainConfig:
         """How a trial (or a validation training) of these settings trains."""
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
-                           precision=self.precision, shared_dir=shared_dir)
+                           precision=self.precision)
 
     def deployed(self, spec: ArchSpec) -> ArchSpec:
         """The network whose costs are reported: `spec` built at the deployment size (TVConv's maps too)."""
@@ -104,12 +104,12 @@ def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
 
 
 def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
-                   report: Callable[[dict], None] = lambda r: None, shared_dir: str | None = None,
+                   report: Callable[[dict], None] = lambda r: None, reconstruction=None,
                    retry_of: int | None = None) -> dict:
     """Run one trial to its end and return its final result; every report carries the costs.
 
-    `shared_dir` is the search's run folder, where trials share what they would otherwise each
-    recompute (DUpsampling's reconstruction matrix). `retry_of` names the trial this one repeats.
+    `reconstruction` is DUpsampling's (basis, mean) when the driver fitted it (once per search);
+    otherwise the trial fits its own. `retry_of` names the trial this one repeats.
 
     Out of memory may be transient (a neighbour trial's peak on a shared GPU), so a first one is
     `deferred`: the driver runs the trial again later, beside other neighbours, not at once beside
@@ -118,7 +118,7 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
     """
     claim_share(settings.device, settings.gpu_share)
     try:
-        result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, shared_dir)
+        result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, reconstruction)
     finally:
         release(settings.device)  # a reused worker starts its next trial with the cache empty
     result.update(number=number, finished_at=time.time())
@@ -128,7 +128,7 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
 
 
 def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int, attempt: int,
-             report: Callable[[dict], None], shared_dir: str | None) -> dict:
+             report: Callable[[dict], None], reconstruction) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     base: dict = {"number": number, "device": settings.device, "attempts": attempt, "started_at": time.time()}
@@ -144,7 +144,7 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
         if violated:
             return {**base, "status": "infeasible", "reason": "; ".join(violated), "epoch": 0,
                     "trial_seconds": time.perf_counter() - start}
-        cfg = settings.train_config(settings.epochs, settings.seed, shared_dir)
+        cfg = settings.train_config(settings.epochs, settings.seed)
         train_start = time.perf_counter()
 
         def on_epoch(rec) -> None:
@@ -157,7 +157,7 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
                     "train_seconds": time.perf_counter() - train_start,
                     "trial_seconds": time.perf_counter() - start, "finished_at": time.time()})
 
-        result = fit(spec, data, cfg, on_epoch=on_epoch)
+        result = fit(spec, data, cfg, on_epoch=on_epoch, reconstruction=reconstruction)
         return {**base, "status": "complete", "final": True, "epoch": len(result.history), "miou": result.miou,
                 "train_seconds": result.train_seconds + result.eval_seconds, "trial_seconds": time.perf_counter() - start,
                 "peak_train_mem_mb": result.peak_train_mem_mb, "precision": result.precision,

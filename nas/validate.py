@@ -27,7 +27,7 @@ from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData
 from trainers.gpu_share import claim_share, is_fatal_cuda_error, release
-from trainers.train import fit, save_checkpoint
+from trainers.train import checkpoint_bytes, fit
 
 from .pareto import Objective, crowding_distances, losses, non_domination_ranks, trial_spec
 from .trial import TrialSettings
@@ -112,23 +112,20 @@ def weights_path(run_dir: Path, number: int, seed: int) -> Path:
     return Path(run_dir) / "weights" / f"trial_{number:04d}_seed{seed}.pt"
 
 
-def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, shared_dir: str | None,
-              run_dir: str | None = None) -> dict:
-    """One validation training, its weights kept in `run_dir`; a failure is a result with its
-    reason, never an exception."""
+def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettings, reconstruction=None) -> dict:
+    """One validation training; a failure is a result with its reason, never an exception. The
+    trained weights come back in the result (`checkpoint`, bytes) for the driver to keep, since
+    the worker may be on a machine that cannot write the run folder."""
     torch.set_num_threads(settings.threads)
-    cfg = settings.train_config(protocol.epochs, job.seed, shared_dir)
+    cfg = settings.train_config(protocol.epochs, job.seed)
     claim_share(settings.device, settings.gpu_share)
     started = time.time()
     try:
         spec = ArchSpec.from_dict(job.spec)
-        result = fit(spec, data, cfg)
-        if run_dir is not None:
-            path = weights_path(Path(run_dir), job.number, job.seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, result.model.cpu(), spec, result.metrics)
+        result = fit(spec, data, cfg, reconstruction=reconstruction)
         return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds,
-                "started_at": started, "finished_at": time.time(), "peak_train_mem_mb": result.peak_train_mem_mb}
+                "started_at": started, "finished_at": time.time(), "peak_train_mem_mb": result.peak_train_mem_mb,
+                "checkpoint": checkpoint_bytes(result.model, spec, result.metrics)}
     except Exception as exc:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "fatal": is_fatal_cuda_error(exc),
                 "traceback": traceback.format_exc(limit=3)}

@@ -6,6 +6,7 @@ import os
 import pandas as pd
 import pytest
 
+from nas import runner
 from nas.search import build_parser, config_from_args, search
 from nas.study import open_study, study_space
 from search_spaces import ArchSpec, DecoderSpec, InputSpec, StageSpec
@@ -43,8 +44,11 @@ def test_cityscapes_layout_loads_one_uint8_copy_with_its_ignored_pixels(cityscap
     assert 0.04 < ignored < 0.08  # the ego-vehicle band
 
 
-def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(cityscapes, tmp_path):
+def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(cityscapes, tmp_path, monkeypatch):
     os.environ.setdefault("LIGHTSEG_CACHE", str(tmp_path / "cache"))
+    fitted, real_fit = [], runner.fit_for
+    monkeypatch.setattr(runner, "fit_for", lambda spec, data, seed: fitted.append((spec.ratio, spec.decoder.width))
+                        or real_fit(spec, data, seed))
     args = build_parser().parse_args(["--data", str(cityscapes), "--size", f"{H}x{W}", "--budget", str(len(SPECS)),
                                       "--epochs", "1", "--no-presets", "--no-validate", "--out", str(tmp_path), "--study", "cs"])
     cfg = config_from_args(args)
@@ -60,6 +64,5 @@ def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(citys
     assert (table["state"] == "complete").all(), table[["trial", "state", "reason"]]
     assert set(table["decoder.kind"]) == {"bilinear", "erfnet", "apn", "dupsample"}
     assert table["miou"].between(0, 1).all()
-    # two dupsample trials share (ratio 2, N 32): two fits in all, not three
-    fits = sorted(p.name for p in (cfg.run_dir / "dupsample").glob("*.pt"))
-    assert fits == ["r1_n32_c19_seed0.pt", "r2_n32_c19_seed0.pt"]
+    # two dupsample trials share (ratio 2, N 32): two fits in all, not three, made by the driver
+    assert sorted(fitted) == [(1, 32), (2, 32)] and not (cfg.run_dir / "dupsample").exists()

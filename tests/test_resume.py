@@ -49,9 +49,13 @@ def _ask(study, owner):
 
 
 def test_resume_on_a_shared_database_leaves_a_live_search_alone(tmp_path, monkeypatch):
+    check_resume_leaves_a_live_search_alone(tmp_path, monkeypatch, f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def check_resume_leaves_a_live_search_alone(tmp_path, monkeypatch, url):
+    """Also run on PostgreSQL by tests/test_postgres.py."""
     monkeypatch.setattr(st, "HEARTBEAT_S", 1)
     monkeypatch.setattr(st, "GRACE_S", 3)  # heartbeats are stored to the second: a margin of 2 beats
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
     ours = make_config(tmp_path / "a", "--storage", url, "--objectives", "miou,gmacs")
     other = make_config(tmp_path / "b", "--storage", url, "--objectives", "miou,gmacs")
     live_study = st.open_study(other)

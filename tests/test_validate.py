@@ -116,14 +116,14 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
     real = runner.run_validation
     first_jobs, resumed_jobs = [], []
 
-    def killed_after_two(cfg_, jobs, data_ref, protocol, record):
+    def killed_after_two(cfg_, jobs, data_ref, protocol, record, fits):
         first_jobs.extend(jobs)
 
         def record_then_die(job, result):
             record(job, result)
             if len([k for k in study_attrs() if k.startswith("validated:")]) == 2:
                 raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM) does; SIGKILL loses the same or less
-        real(cfg_, jobs, data_ref, protocol, record_then_die)
+        real(cfg_, jobs, data_ref, protocol, record_then_die, fits)
 
     def study_attrs():
         return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url).user_attrs
@@ -134,9 +134,9 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
     before = {k: v for k, v in study_attrs().items() if k.startswith("validated:")}
     assert len(before) == 2
 
-    def counting(cfg_, jobs, data_ref, protocol, record):
+    def counting(cfg_, jobs, data_ref, protocol, record, fits):
         resumed_jobs.extend(jobs)
-        real(cfg_, jobs, data_ref, protocol, record)
+        real(cfg_, jobs, data_ref, protocol, record, fits)
 
     monkeypatch.setattr(runner, "run_validation", counting)
     assert search(dataclasses.replace(cfg, resume=True)) == 0

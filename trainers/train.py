@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,6 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None  # CPU threads for this training; None keeps torch's setting
     precision: str = "auto"  # fp32, bf16 or fp16 autocast; auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU
-    shared_dir: str | None = None  # where a search keeps what its trials share (DUpsampling's W)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("poly", "cosine"):
@@ -111,40 +109,21 @@ def evaluate(model: nn.Module, split: Split, num_classes: int, ignore_index: int
     return SegMetrics.from_confusion(cm)
 
 
-def prepare_model(spec: ArchSpec, data: SegData, seed: int, shared_dir: str | Path | None = None) -> nn.Module:
-    """Seeded initialisation; DUpsampling's W fitted on this data's training labels.
-
-    With `shared_dir` (a search's run folder) each (ratio, N) is fitted once and read back by
-    every later trial; a file lock makes concurrent trials wait for the first fit, not repeat it.
-    """
+def prepare_model(spec: ArchSpec, data: SegData, seed: int, reconstruction=None) -> nn.Module:
+    """Seeded initialisation; DUpsampling's W fitted on this data's training labels, or the
+    `reconstruction` (basis, mean) given — a search fits each W once in its driver."""
     torch.manual_seed(seed)
     model = build_model(spec)
     if isinstance(model.decoder, DUpsamplingDecoder):
         d = model.decoder
-        args = (data.train.masks, d.num_classes, d.ratio, d.n, data.info.ignore_index, seed)
-        d.set_reconstruction(*(shared_reconstruction(Path(shared_dir), *args) if shared_dir else fit_reconstruction(*args)))
+        d.set_reconstruction(*(reconstruction if reconstruction is not None else fit_reconstruction(
+            data.train.masks, d.num_classes, d.ratio, d.n, data.info.ignore_index, seed)))
     return model
 
 
-def shared_reconstruction(folder: Path, labels, num_classes: int, ratio: int, n: int, ignore_index: int,
-                          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """DUpsampling's W for this (ratio, N), fitted once into `folder` and shared from there."""
-    folder = folder / "dupsample"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"r{ratio}_n{n}_c{num_classes}_seed{seed}.pt"
-    with open(path.with_suffix(".lock"), "a+") as lock:  # one per key: other (ratio, N) fit meanwhile
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            basis, mean = fit_reconstruction(labels, num_classes, ratio, n, ignore_index, seed)
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            torch.save({"basis": basis, "mean": mean}, tmp)
-            tmp.replace(path)
-    saved = torch.load(path, weights_only=True)
-    return saved["basis"], saved["mean"]
-
-
 def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
-        on_epoch: Callable[[EpochRecord], bool | None] | None = None, model: nn.Module | None = None) -> FitResult:
+        on_epoch: Callable[[EpochRecord], bool | None] | None = None, model: nn.Module | None = None,
+        reconstruction=None) -> FitResult:
     """Train `spec` on `data.train`, evaluating on `data.val` after every epoch.
 
     `on_epoch` sees each epoch's record; returning False stops training (early stopping).
@@ -153,7 +132,7 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     if config.threads:
         torch.set_num_threads(config.threads)
     device, info = config.device, data.info
-    model = (model or prepare_model(spec, data, config.seed, config.shared_dir)).to(device)
+    model = (model or prepare_model(spec, data, config.seed, reconstruction)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws whatever the device
     batches = TrainBatches(data.train, device)
@@ -233,14 +212,25 @@ def _check_compatible(spec: ArchSpec, data: SegData) -> None:
                          f"data {info.name!r} has {info.num_classes} / {info.in_channels}")
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: ArchSpec, metrics: SegMetrics | None = None) -> None:
+def checkpoint_bytes(model: nn.Module, spec: ArchSpec, metrics: SegMetrics | None = None) -> bytes:
     """Weights plus the spec that rebuilds them (as plain data, no pickled classes)."""
-    payload = {"spec": spec.to_dict(), "state_dict": model.state_dict(),
+    payload = {"spec": spec.to_dict(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                "metrics": asdict(metrics) if metrics else None}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(path: str | Path, payload: bytes) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    tmp.write_bytes(payload)
     tmp.replace(path)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ArchSpec, metrics: SegMetrics | None = None) -> None:
+    write_checkpoint(path, checkpoint_bytes(model, spec, metrics))
 
 
 def load_checkpoint(path: str | Path) -> tuple[ArchSpec, nn.Module]:
