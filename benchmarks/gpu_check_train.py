@@ -11,23 +11,11 @@ import time
 import torch
 
 
-def _augment_fn():
-    try:  # batched, on the batch's device
-        from trainers.batches import augment
-    except ImportError:  # the per-sample host version of earlier releases
-        from trainers.data import augment
-    return augment
-
-
 def _augment(x, y, seed: int):
-    """`augment` with a seeded generator: a CPU one, or one on the tensors' device if it needs that."""
-    augment = _augment_fn()
-    try:
-        return augment(x, y, torch.Generator().manual_seed(seed))
-    except RuntimeError:
-        if x.device.type == "cpu":
-            raise
-        return augment(x, y, torch.Generator(device=x.device).manual_seed(seed))
+    """Batched augmentation as training applies it: draws from a seeded CPU generator, work on x's device."""
+    from trainers.batches import augment
+
+    return augment(x, y, torch.Generator().manual_seed(seed))
 
 
 def _median_ms(fn, reps: int, sync: bool) -> float:
@@ -53,7 +41,7 @@ def train_step_ms(ck, num_classes: int, reps: int) -> tuple[float, str]:
     h, w = ck.size
     model = build_model(load_preset("erfnet", h, w, num_classes, 3)).to(ck.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    precision = train.resolve_precision("auto", ck.device) if hasattr(train, "resolve_precision") else "fp32"
+    precision = train.resolve_precision("auto", ck.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     x = torch.randn(16, 3, h, w, device=ck.device)
     y = torch.randint(0, num_classes, (16, h, w), device=ck.device)
@@ -77,10 +65,8 @@ def host(ck, budget: float) -> None:
     torch.set_num_threads(int(max(1, ck.cpus_per_trial)))  # what each of four trials gets
     reps, n = (2 if ck.dry else 10), 16
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n]
-    try:
-        from trainers.batches import TrainBatches
-    except ImportError:
-        TrainBatches = None
+    from trainers.batches import TrainBatches
+
     rows = []
 
     def add(where: str, stage: str, fn) -> None:  # synchronised on a GPU, host steps too (it costs microseconds)
@@ -102,10 +88,9 @@ def host(ck, budget: float) -> None:
     else:
         print("  device side: skipped (no CUDA)")
     try:  # the extras: a failure here is printed, the stage timings above are kept
-        if TrainBatches is not None:  # the whole batch as training makes it, where training makes it
-            batches = TrainBatches(data.train, ck.device)
-            add("device" if ck.cuda else "host", f"whole batch (TrainBatches on {ck.device})",
-                lambda i: batches(idx, torch.Generator().manual_seed(i)))
+        batches = TrainBatches(data.train, ck.device)  # the whole batch as training makes it, where it makes it
+        add("device" if ck.cuda else "host", f"whole batch (TrainBatches on {ck.device})",
+            lambda i: batches(idx, torch.Generator().manual_seed(i)))
         step, precision = train_step_ms(ck, data.info.num_classes, reps)
     except Exception as exc:
         print(f"  whole batch / training step: {type(exc).__name__}: {exc}")
@@ -167,10 +152,10 @@ def precision(ck, budget: float) -> None:
         try:
             res = fit(nets[name], data, TrainConfig(epochs=epochs, batch_size=16, seed=0, device=ck.device, precision=p))
             fp32 = [r["miou"] for r in rows if r["net"] == name and r["precision"] == "fp32" and "miou" in r]
-            row.update(resolved=getattr(res, "precision", ""), miou=res.miou,
+            row.update(resolved=res.precision, miou=res.miou,
                        delta_vs_fp32=res.miou - fp32[0] if fp32 else None, final_loss=res.history[-1].loss,
                        train_s=res.train_seconds, peak_train_mem_mb=res.peak_train_mem_mb,
-                       skipped_steps=getattr(res, "skipped_steps", ""))
+                       skipped_steps=res.skipped_steps)
         except Exception as exc:  # e.g. fp16 autocast refused on this device: a row, not a lost section
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         longest = max(longest, time.time() - t)

@@ -8,6 +8,7 @@ against PyTorch before it is timed, so what is timed is the same network.
 from __future__ import annotations
 
 import io
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,16 +26,34 @@ from .metrics import SegMetrics, confusion_matrix
 OPSET = 17
 
 
-def onnx_bytes(model: nn.Module, spec: ArchSpec) -> bytes:
-    """The model as an ONNX graph at batch 1 and the spec's input size, TVConv kernels cached."""
+def _export(model: nn.Module, spec: ArchSpec, target) -> None:
     model = model.cpu().eval()
     warm_caches(model, spec)
-    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on the input-shape checks, constant at export
-        torch.onnx.export(model, (example_input(spec),), buffer, input_names=["image"], output_names=["logits"],
+        torch.onnx.export(model, (example_input(spec),), target, input_names=["image"], output_names=["logits"],
                           dynamo=False, opset_version=OPSET)
+
+
+def onnx_bytes(model: nn.Module, spec: ArchSpec) -> bytes:
+    """The model as an ONNX graph at batch 1 and the spec's input size, TVConv kernels cached."""
+    buffer = io.BytesIO()
+    _export(model, spec, buffer)
     return buffer.getvalue()
+
+
+def timing_session(model: nn.Module, spec: ArchSpec, device: str = "cpu", threads: int = 1):
+    """A session on the exported graph. A graph over protobuf's 2 GiB limit (TVConv's per-pixel
+    kernels at a large deployment size) goes through a temporary file with its weights beside it."""
+    try:
+        return session(onnx_bytes(model, spec), device, threads)
+    except RuntimeError as exc:
+        if "2GiB" not in str(exc):
+            raise
+    with tempfile.TemporaryDirectory() as folder:  # ONNX Runtime reads the weights when the session starts
+        path = Path(folder) / "model.onnx"
+        _export(model, spec, str(path))
+        return session(path, device, threads)
 
 
 def providers(device: str) -> list:
@@ -120,7 +139,7 @@ def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", 
     """
     import onnxruntime as ort
 
-    sess = session(onnx_bytes(model, spec), device, threads)
+    sess = timing_session(model, spec, device, threads)
     max_difference(model, spec, sess)
     kind, index = ("cuda", torch.device(device).index or 0) if device.startswith("cuda") else ("cpu", 0)
     binding = sess.io_binding()
