@@ -29,10 +29,12 @@ def save(table: pd.DataFrame, name: str) -> Path:
     return path
 
 
-def run_logged(train: Callable[[dict], dict], jobs: list[dict], log: Path, workers: int) -> None:
+def run_logged(train: Callable[[dict], dict], jobs: list[dict], log: Path, workers: int,
+               show: Callable[[dict], str] = str) -> None:
     """Run `train` on every job in `workers` processes; each result row is appended to the CSV `log`
-    as soon as it arrives, so a killed benchmark resumes from what it has (rows need fixed keys)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    as soon as it arrives, so a killed benchmark resumes from what it has (rows need fixed keys).
+    `show` makes the progress line of a row."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(workers) as pool:
         futures = {pool.submit(train, j): j for j in jobs}
         for i, fut in enumerate(as_completed(futures), 1):
@@ -42,7 +44,7 @@ def run_logged(train: Callable[[dict], dict], jobs: list[dict], log: Path, worke
                 print(f"[{i}/{len(jobs)}] failed {futures[fut]}: {type(exc).__name__}: {exc}", flush=True)
                 continue
             row.to_csv(log, mode="a", header=not log.exists(), index=False)
-            print(f"[{i}/{len(jobs)}] {row.iloc[0].to_dict()}", flush=True)
+            print(f"[{i}/{len(jobs)}] {show(row.iloc[0].to_dict())}", flush=True)
 
 
 def sample_specs(space: SearchSpace, n: int, seed: int) -> list[ArchSpec]:
