@@ -124,8 +124,10 @@ def test_the_lock_is_a_no_op_on_the_cpu():
     (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
     (RuntimeError("CUDA error: device-side assert triggered"), True),
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("CUDA error: out of memory"), False),  # the next attempt may find the memory
+    (RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"), False),
+    (Exception("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700: an illegal memory access"), True),
     (RuntimeError("shape mismatch"), False),
-    (ValueError("CUDA error in a message of another kind"), False),
 ])
 def test_sticky_cuda_errors_are_told_from_recoverable_ones(exc, fatal):
     assert is_fatal_cuda_error(exc) is fatal

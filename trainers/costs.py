@@ -132,6 +132,15 @@ def count_deployed_params(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
+def timing_lock(device: str) -> Iterator[DeviceLock]:
+    lock = DeviceLock(device)
+    try:
+        yield lock
+    finally:
+        lock.close()
+
+
+@contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -147,7 +156,8 @@ def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmu
     model = model.to(device).eval()
     x = example_input(spec, device)
     times: list[float] = []
-    with torch_threads(threads), torch.inference_mode():
+    # on a shared GPU no neighbour trains or times while this one warms up and times
+    with torch_threads(threads), torch.inference_mode(), timing_lock(device) as lock, lock.exclusive():
         for _ in range(warmup):
             model(x)
         if device.startswith("cuda"):
@@ -234,13 +244,11 @@ def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: i
     gmacs = count_gmacs(model, spec)
     if backend not in LATENCY_BACKENDS:
         raise ValueError(f"latency backend {backend!r}: one of {', '.join(LATENCY_BACKENDS)}")
-    lock = DeviceLock(device)
-    with lock.exclusive():  # on a shared GPU: no neighbour trains or times while this one times
-        if backend == "onnxruntime":
-            from .deploy import measure_onnx_latency
-            lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
-        else:
-            lat = measure_latency(model, spec, device, warmup, runs, threads)
-    lock.close()
-    mem = measure_peak_memory_mb(model, spec, device)
+    if backend == "onnxruntime":
+        from .deploy import measure_onnx_latency
+        lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
+    else:
+        lat = measure_latency(model, spec, device, warmup, runs, threads)
+    with timing_lock(device) as lock, lock.shared():  # GPU work, so a neighbour's timing waits for it
+        mem = measure_peak_memory_mb(model, spec, device)
     return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)

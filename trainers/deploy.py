@@ -19,7 +19,7 @@ from torch import nn
 
 from search_spaces import ArchSpec
 
-from .costs import LatencyStats, example_input, latency_stats, warm_caches
+from .costs import LatencyStats, example_input, latency_stats, timing_lock, warm_caches
 from .data import Split, to_float
 from .metrics import SegMetrics, confusion_matrix
 
@@ -145,14 +145,15 @@ def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", 
     binding = sess.io_binding()
     binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(example_input(spec).numpy(), kind, index))
     binding.bind_output("logits", kind, index)
-    for _ in range(warmup):
-        sess.run_with_iobinding(binding)
     times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()  # the device has finished when this returns
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+    with timing_lock(device) as lock, lock.exclusive():  # on a shared GPU: nothing else runs on it meanwhile
+        for _ in range(warmup):
+            sess.run_with_iobinding(binding)
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()  # the device has finished when this returns
+            times.append((time.perf_counter_ns() - t0) / 1e6)
     return latency_stats(times, device, threads)
 
 

@@ -27,8 +27,10 @@ from typing import Iterator
 import torch
 
 # Texts of errors after which the CUDA context of this process is unusable.
-_FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure",
-                  "CUBLAS_STATUS", "CUDNN_STATUS_EXECUTION_FAILED", "cudaErrorLaunchFailure")
+_FATAL_MARKERS = ("CUDA error", "CUDA failure", "illegal memory access", "device-side assert",
+                  "unspecified launch failure", "CUBLAS_STATUS", "CUDNN_STATUS_EXECUTION_FAILED", "cudaErrorLaunchFailure")
+# ... unless they say the allocation failed, which the next attempt may not meet.
+_RECOVERABLE_MARKERS = ("out of memory", "ALLOC_FAILED")
 
 
 def is_cuda(device: str) -> bool:
@@ -45,16 +47,21 @@ def release(device: str) -> None:
     """Free what the last trial left in the caching allocator and reset its peak counter."""
     gc.collect()
     if is_cuda(device) and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+        except Exception:  # after a sticky error these raise too; the worker is ending anyway
+            pass
 
 
 def is_fatal_cuda_error(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    """ONNX Runtime's errors are not RuntimeErrors, so any exception's text is read."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or any(m in text for m in _RECOVERABLE_MARKERS):
         return False
     if isinstance(exc, getattr(torch, "AcceleratorError", ())):
         return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MARKERS)
+    return isinstance(exc, Exception) and any(m in text for m in _FATAL_MARKERS)
 
 
 def _lock_dir() -> Path:
@@ -76,6 +83,7 @@ class DeviceLock:
 
     def __init__(self, device: str, key: str | None = "auto"):
         self.enabled = key is not None and (key != "auto" or (is_cuda(device) and torch.cuda.is_available()))
+        self._sync = is_cuda(device) and torch.cuda.is_available()
         if self.enabled:
             name = _card_key(device) if key == "auto" else key
             folder = _lock_dir()
@@ -92,6 +100,7 @@ class DeviceLock:
         fcntl.flock(self._use, fcntl.LOCK_SH)
         try:
             yield
+            self._synchronize()  # the step's queued kernels are part of it: a timer must not overlap them
         finally:
             fcntl.flock(self._use, fcntl.LOCK_UN)
 
@@ -104,11 +113,17 @@ class DeviceLock:
         try:
             fcntl.flock(self._use, fcntl.LOCK_EX)
             try:
+                self._synchronize()
                 yield
+                self._synchronize()
             finally:
                 fcntl.flock(self._use, fcntl.LOCK_UN)
         finally:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+    def _synchronize(self) -> None:
+        if self._sync:
+            torch.cuda.synchronize()
 
     def close(self) -> None:
         if self.enabled:

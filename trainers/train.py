@@ -84,7 +84,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
     if is_cuda(device) and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "fp32"
 
 
@@ -155,28 +155,33 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            x, y = batches(idx, gen if config.augment else None)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, step, total)
             step += 1
-            with lock.shared():
+            with lock.shared():  # the batch is made on the device too: all of it is the step's GPU work
+                x, y = batches(idx, gen if config.augment else None)
                 with _autocast(device_type, precision):
                     loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
                 value = loss.item()
-                if not math.isfinite(value):
-                    in_row += 1
-                    if precision != "fp16" or in_row > MAX_SKIPPED_IN_ROW:
-                        raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {b} ({spec.tag()}, {precision})")
-                    result.skipped_steps += 1
-                    continue
+                stepped = math.isfinite(value)
+                if stepped:
+                    opt.zero_grad(set_to_none=True)
+                    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    stepped = not scaler.is_enabled() or scaler.get_scale() >= scale  # else the gradients overflowed
+            if stepped:
                 in_row = 0
-                opt.zero_grad(set_to_none=True)
-                scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if scaler.is_enabled() and scaler.get_scale() < scale:  # gradients overflowed: step skipped
-                    result.skipped_steps += 1
+            else:
+                in_row += 1
+                if precision != "fp16" or in_row > MAX_SKIPPED_IN_ROW:
+                    raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {b} ({spec.tag()}, {precision})"
+                                           if not math.isfinite(value) else
+                                           f"gradients overflowed {in_row} steps in a row at epoch {epoch} ({spec.tag()})")
+                result.skipped_steps += 1
+                if not math.isfinite(value):
+                    continue
             losses.append(value)
         t1 = time.perf_counter()
         with lock.shared():
