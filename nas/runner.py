@@ -9,6 +9,7 @@ set is put in Ray's object store once and mapped by every trial.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -23,6 +24,8 @@ from trainers.data import SegData
 
 from .pareto import Objective
 from .promotion import mo_asha
+from trainers.gpu_share import is_fatal_cuda_error
+
 from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
 from .study import Heartbeat, SearchConfig, record_outcome
 from .trial import TrialSettings, evaluate_trial
@@ -31,6 +34,7 @@ from .trial import TrialSettings, evaluate_trial
 # --- Ray Tune wiring -------------------------------------------------------------------------------
 def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str],
                   owner: str, reconstruction: Callable[[ArchSpec], str | None]):
+    from ray.tune import Callback
     from ray.tune.search import Searcher
 
     class OptunaStudySearcher(Searcher):
@@ -39,6 +43,9 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         def __init__(self) -> None:
             super().__init__(metric="miou", mode="max")
             self.trials: dict[str, optuna.Trial] = {}
+            self.errored: dict[str, optuna.Trial] = {}  # told once `callback` has seen why
+            self.lost = 0  # trials queued again because their node was lost
+            self.callback = _ErrorCallback()
 
         def suggest(self, trial_id: str) -> dict | None:
             with warnings.catch_warnings():  # "heartbeat is meant for optimize()": this driver beats itself
@@ -64,11 +71,57 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             trial = self.trials.pop(trial_id, None)
             if trial is None:
                 return
-            if not error and (result or {}).get("status") == "running" and trial_id not in early_stopped:
+            if error:  # Ray Tune hands the callback the error right after this call
+                self.errored[trial_id] = trial
+                return
+            if (result or {}).get("status") == "running" and trial_id not in early_stopped:
                 return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
             record_outcome(study, trial, result, error, objectives)
 
-    return OptunaStudySearcher()
+        def judge_error(self, trial_id: str, exc: BaseException | None) -> None:
+            """A lost node interrupts its trials: they are queued again, not failed. Ray Tune's one
+            retry does not cover it: two futures on a dead node's actor count as two failures, and
+            a node may die twice. A trial whose own worker died (twice) is a failure."""
+            trial = self.errored.pop(trial_id, None)
+            if trial is None:
+                return
+            losses = trial.user_attrs.get("node_losses", 0) + 1
+            if node_lost(exc) and losses <= MAX_NODE_LOSSES:
+                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                attrs = {k: v for k, v in trial.user_attrs.items() if k in ("preset", "retry_of", "prior_attempts")}
+                study.enqueue_trial(trial.params, user_attrs={**attrs, "node_losses": losses}, skip_if_exists=False)
+                self.lost += 1
+            else:
+                record_outcome(study, trial, None, True, objectives)
+
+        def flush(self) -> None:
+            for trial_id in list(self.errored):  # an error the callback never saw: a failure, as before
+                self.judge_error(trial_id, None)
+
+    class _ErrorCallback(Callback):
+        def on_trial_error(self, iteration, trials, trial, **info):
+            try:
+                exc = trial.get_pickled_error()
+            except Exception:  # no readable error: judged a failure
+                exc = None
+            searcher.judge_error(trial.trial_id, exc)
+
+    searcher = OptunaStudySearcher()
+    return searcher
+
+
+MAX_NODE_LOSSES = 3  # a trial whose node is lost this often (say it takes the node's memory) is failed
+
+
+def node_lost(exc: BaseException | None) -> bool:
+    """Whether a trial's error is the loss of its node (its actor unreachable, or gone with the node)
+    rather than the death of its own worker process."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    if isinstance(exc, RayActorError) and exc.preempted:
+        return True
+    return isinstance(exc, ActorUnavailableError) or (isinstance(exc, ActorDiedError) and "its node has died" in str(exc))
 
 
 class WorkerUnusable(RuntimeError):
@@ -143,18 +196,20 @@ def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
 
 
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, data_ref, n: int,
-               scales: dict[str, float], callbacks: list) -> None:
+               scales: dict[str, float], callbacks: list) -> int:
     """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store
-    (`data` is the driver's view of it, on which the driver fits DUpsampling's W for the trials)."""
+    (`data` is the driver's view of it, on which the driver fits DUpsampling's W for the trials).
+    Returns how many were interrupted by a lost node and queued again (the caller runs them)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     start_ray(cfg)
     resources = ray.cluster_resources()
-    fits = resources.get("CPU", 1) // max(cfg.cpus_per_trial, 1e-9)
+    # 1 // 0.2 is 4.0 in floating point: a small epsilon counts the fifth share
+    fits = math.floor(resources.get("CPU", 1) / max(cfg.cpus_per_trial, 1e-9) + 1e-9)
     if cfg.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
-        fits = min(fits, resources.get("GPU", 0) // cfg.gpus_per_trial)
+        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.gpus_per_trial + 1e-9))
     concurrent = cfg.max_concurrent or max(1, int(fits))
     early_stopped: set[str] = set()
     services = DriverServices()
@@ -169,13 +224,16 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
-                                  verbose=0, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=1)),
+                                  verbose=0, callbacks=[*callbacks, searcher.callback],
+                                  failure_config=tune.FailureConfig(max_failures=1)),
     )
     try:
         with Heartbeat(study, searcher.trials):
             tuner.fit()
+        searcher.flush()
     finally:
         services.close()
+    return searcher.lost
 
 
 def publish_reconstructions(jobs: list, data: SegData) -> dict[str, object]:
@@ -220,10 +278,35 @@ def _validation_task(job, data, protocol, settings, reconstruction):
 
     import ray
 
-    result = {**train_job(job, data, protocol, settings, reconstruction), "node": ray.get_runtime_context().get_node_id()}
+    try:
+        result = {**train_job(job, data, protocol, settings, reconstruction), "node": ray.get_runtime_context().get_node_id()}
+    except Exception as exc:  # outside the training's own handling (its clean-up, say): still a sticky error?
+        if is_fatal_cuda_error(exc):
+            os._exit(70)
+        raise
     if result.get("fatal"):  # a sticky CUDA error: this worker must not take another task; Ray retries this one
         os._exit(70)
     return result
+
+
+def publish_run_folder(run_dir: Path, uri: str) -> str:
+    """Copy the run folder (but its lock) to `uri`/<study>, a shared path or any file system pyarrow
+    (which Ray uses for its own storage) reaches; returns where it went."""
+    import pyarrow.fs as pafs
+
+    target = f"{uri.rstrip('/')}/{run_dir.name}"
+    fs, path = pafs.FileSystem.from_uri(target if "://" in target else str(Path(target).resolve()))
+    fs.create_dir(path, recursive=True)
+    local = pafs.LocalFileSystem()
+    for info in local.get_file_info(pafs.FileSelector(str(run_dir.resolve()), recursive=True)):
+        rel = os.path.relpath(info.path, run_dir.resolve())
+        if rel == ".lock":
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.create_dir(f"{path}/{rel}", recursive=True)
+        else:
+            pafs.copy_files(info.path, f"{path}/{rel}", source_filesystem=local, destination_filesystem=fs)
+    return target
 
 
 def gpu_count() -> int:
@@ -235,10 +318,15 @@ class ClusterError(RuntimeError):
     """The Ray cluster cannot run the trials as configured; one line saying what it lacks."""
 
 
+def uses_workers(cfg: SearchConfig) -> bool:
+    """Whether what needs the trials' device runs in Ray tasks rather than in the driver."""
+    return bool(cfg.address) or cfg.settings.device.startswith("cuda")
+
+
 def on_worker(cfg: SearchConfig, fn: Callable, *args):
     """`fn(*args)` where the trials run: in a Ray task with one trial's resources when the trials
     use a GPU or another machine (the driver never touches a device it was not given), else here."""
-    if not cfg.address and not cfg.settings.device.startswith("cuda"):
+    if not uses_workers(cfg):
         return fn(*args)
     import ray
 

@@ -64,6 +64,7 @@ class SearchConfig:
     max_concurrent: int | None = None
     address: str | None = None
     storage: str | None = None
+    artifacts_uri: str | None = None  # a shared folder or bucket that gets a copy of the run folder
     pick: str = "knee"
     resume: bool = False
     force: bool = False
@@ -322,14 +323,16 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None
     return status
 
 
-def requeue_deferred(study: optuna.Study) -> int:
-    """Queue once more every trial deferred for running out of memory; returns how many. The
-    deferred original does not count against the budget; its repeat, numbered anew, does."""
+def requeue_deferred(study: optuna.Study, owner: str | None = None) -> int:
+    """Queue once more every trial of driver `owner` (None: of any driver, on a private database)
+    deferred for running out of memory; returns how many. The deferred original does not count
+    against the budget; its repeat, numbered anew, does."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     n = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("status") == "deferred" and t.number not in retried:
+        mine = owner is None or t.user_attrs.get("owner") == owner
+        if mine and t.state == TrialState.FAIL and t.user_attrs.get("status") == "deferred" and t.number not in retried:
             attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
             attrs.update(retry_of=t.number, prior_attempts=int(t.user_attrs.get("attempts", 1)))
             study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)

@@ -14,22 +14,13 @@ import pytest
 from nas.search import search
 from nas.study import open_study
 
+from benchmarks.gpu_check_search import max_overlap as most_at_once
 from test_search import make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def most_at_once(spans: list[tuple[float, float]]) -> int:
-    """The largest number of (start, end) intervals that overlap at one moment."""
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda p: (p[0], p[1]))
-    live = best = 0
-    for _, step in edges:
-        live += step
-        best = max(best, live)
-    return best
-
-
-def test_most_at_once_counts_overlaps():
+def test_max_overlap_counts_overlaps():
     assert most_at_once([(0, 2), (1, 3), (2.5, 4), (5, 6)]) == 2
     assert most_at_once([(0, 1), (1, 2)]) == 1  # touching, not overlapping
 
@@ -49,7 +40,8 @@ def fake_gpu_ray():
 def test_quarter_gpu_trials_and_validations_run_four_at_once(fake_gpu_ray, tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTSEG_CACHE", str(tmp_path / "cache"))
     cfg = make_config(tmp_path, "--no-presets", "--no-early-stopping", "--gpus-per-trial", "0.25", "--device", "cpu",
-                      "--cpus-per-trial", "0.25", "--val-max", "2", "--budget", "6")
+                      "--cpus-per-trial", "0.25", "--val-max", "2", "--budget", "6",
+                      "--max-concurrent", "16")  # so that only Ray's GPU accounting can hold them to 4
     assert cfg.settings.device == "cpu" and cfg.gpus_per_trial == 0.25
     assert search(cfg) == 0
     study = open_study(dataclasses.replace(cfg, resume=True))

@@ -145,3 +145,12 @@ def test_latency_is_onnxruntime_by_default_and_recorded_in_the_meaning(run, tmp_
     assert run.settings.latency_backend == "onnxruntime"
     assert make_config(tmp_path, "--latency-backend", "torch").settings.latency_backend == "torch"
     assert open_study(run).user_attrs["trial_meaning"]["latency"].startswith("onnxruntime, 1 thread(s)")
+
+
+def test_the_run_folder_is_copied_to_an_artifacts_uri(run, tmp_path):
+    from nas.runner import publish_run_folder
+
+    target = publish_run_folder(run.run_dir, str(tmp_path / "shared"))
+    copied = {p.relative_to(target).as_posix() for p in __import__("pathlib").Path(target).rglob("*") if p.is_file()}
+    made = {p.relative_to(run.run_dir).as_posix() for p in run.run_dir.rglob("*") if p.is_file()} - {".lock"}
+    assert copied == made and "pareto.csv" in copied and any(c.startswith("weights/") for c in copied)
