@@ -344,9 +344,19 @@ def _worker_facts() -> dict:
 
 def settle_on_workers(cfg: SearchConfig) -> SearchConfig:
     """On a cluster (`--address`), ask a worker what the driver cannot know: whether it has CUDA,
-    and which latency backend `auto` means there."""
-    if not cfg.address:
-        return cfg
+    and which latency backend `auto` means there. With ONNX Runtime on CUDA, open one session
+    there too: a provider that is listed but does not load is refused now, not in every trial."""
+    settled = _settle_backend(cfg) if cfg.address else cfg
+    if settled.settings.device.startswith("cuda") and settled.settings.latency_backend == "onnxruntime":
+        from trainers.deploy import probe_provider
+        try:
+            on_worker(settled, probe_provider, settled.settings.device)
+        except RuntimeError as exc:
+            raise ClusterError(str(getattr(exc, "cause", None) or exc).splitlines()[0]) from None
+    return settled
+
+
+def _settle_backend(cfg: SearchConfig) -> SearchConfig:
     facts = on_worker(cfg, _worker_facts)
     s = cfg.settings
     cuda = s.device.startswith("cuda")

@@ -141,3 +141,16 @@ def test_a_session_that_fell_back_to_the_cpu_is_caught():
     check_active_provider(sess, "cpu")
     with pytest.raises(RuntimeError, match="CUDA provider is installed but did not load.*CPUExecutionProvider"):
         check_active_provider(sess, "cuda")  # what a CUDA session that silently fell back looks like
+
+
+def test_sessions_and_the_start_up_probe_refuse_a_cuda_provider_that_did_not_load(monkeypatch):
+    from trainers import deploy
+
+    # what a CUDA build whose libraries are missing does: the session quietly runs on the CPU
+    monkeypatch.setattr(deploy, "providers", lambda device: ["CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="did not load"):
+        deploy.probe_provider("cuda")
+    spec = tiny_spec()
+    with pytest.raises(RuntimeError, match="did not load"):
+        deploy.session(deploy.onnx_bytes(build_model(spec), spec), "cuda")
+    deploy.probe_provider("cpu")

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, to_float
+from .gpu_share import usable_bytes
 
-# A GPU holds the uint8 split when it takes at most this share of the free memory: a trial at
-# 0.25 of a card then keeps most of its share for training; a larger split stays on the host.
+# A GPU holds the uint8 split when it takes at most this share of the memory the trial may still
+# use (its share of the card): most of it stays for training; a larger split stays on the host.
 RESIDENT_SHARE = 1 / 16
 
 
@@ -99,7 +100,7 @@ class TrainBatches:
     def __init__(self, split: Split, device: str | torch.device):
         self.device = torch.device(device)
         self.staged = (self.device.type == "cuda"
-                       and split.nbytes > RESIDENT_SHARE * torch.cuda.mem_get_info(self.device)[0])
+                       and split.nbytes > RESIDENT_SHARE * usable_bytes(str(self.device)))
         self.images, self.masks = split.images, split.masks
         if not self.staged:  # a no-op on the CPU
             self.images, self.masks = self.images.to(self.device), self.masks.to(self.device)

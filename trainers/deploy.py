@@ -21,6 +21,7 @@ from search_spaces import ArchSpec
 
 from .costs import LatencyStats, example_input, latency_stats, timing_lock, warm_caches
 from .data import Split, to_float
+from .gpu_share import share_of_card
 from .metrics import SegMetrics, confusion_matrix
 
 OPSET = 17
@@ -68,8 +69,26 @@ def providers(device: str) -> list:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         index = torch.device(device).index or 0
-        return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
+        options = {"device_id": index, "use_tf32": 0}
+        if torch.cuda.is_available() and share_of_card(device) < 1:  # its arena is outside torch's cap
+            total = torch.cuda.get_device_properties(index).total_memory
+            options.update(gpu_mem_limit=int(share_of_card(device) * total), arena_extend_strategy="kSameAsRequested")
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def probe_provider(device: str) -> None:
+    """Open a session of a one-convolution graph on `device`; RuntimeError if its provider is not active."""
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), buffer, input_names=["image"],
+                          dynamo=False, opset_version=OPSET)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    check_active_provider(ort.InferenceSession(buffer.getvalue(), sess_options=opts, providers=providers(device)), device)
 
 
 def check_active_provider(sess, device: str) -> None:

@@ -43,6 +43,21 @@ def claim_share(device: str, share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
 
 
+def usable_bytes(device: str) -> int:
+    """The memory this process may still take on its GPU: what the card has free, capped by the
+    process's share (`claim_share`) less what it already holds."""
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    fraction = share_of_card(device)
+    return int(min(free, fraction * total - torch.cuda.memory_reserved(dev)))
+
+
+def share_of_card(device: str) -> float:
+    """The memory fraction `claim_share` set for this process (1 where none was set)."""
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch releases only
+    return float(getter(torch.device(device))) if getter else 1.0
+
+
 def release(device: str) -> None:
     """Free what the last trial left in the caching allocator and reset its peak counter."""
     gc.collect()
