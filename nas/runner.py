@@ -27,7 +27,7 @@ from .promotion import mo_asha
 from trainers.gpu_share import is_fatal_cuda_error
 
 from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
-from .study import Heartbeat, SearchConfig, record_outcome
+from .study import Heartbeat, SearchConfig, record_outcome, requeue
 from .trial import TrialSettings, evaluate_trial
 
 
@@ -89,8 +89,7 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             if node_lost(exc) and losses <= MAX_NODE_LOSSES:
                 study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                attrs = {k: v for k, v in trial.user_attrs.items() if k in ("preset", "retry_of", "prior_attempts")}
-                study.enqueue_trial(trial.params, user_attrs={**attrs, "node_losses": losses}, skip_if_exists=False)
+                requeue(study, trial, node_losses=losses)
                 self.lost += 1
             else:
                 record_outcome(study, trial, None, True, objectives)

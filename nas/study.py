@@ -249,11 +249,21 @@ def recover_stale_trials(study: optuna.Study, owner: str, private: bool) -> int:
     return n + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
 
 
+# What a trial queued again keeps of the original: which preset it is, and whose retry.
+CARRIED_ATTRS = ("preset", "retry_of", "prior_attempts")
+
+
+def requeue(study: optuna.Study, t, **attrs) -> None:
+    """Queue trial `t` again with the same parameters and its carried attributes (`attrs` added or
+    replacing them)."""
+    carried = {k: v for k, v in t.user_attrs.items() if k in CARRIED_ATTRS}
+    study.enqueue_trial(t.params, user_attrs={**carried, **attrs}, skip_if_exists=False)
+
+
 def _requeue(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-    """Queue an interrupted trial again with the same parameters. The FAILed original is not
-    counted: it never got a status (or, when this driver fails its own, is marked interrupted)."""
-    attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset", "retry_of", "prior_attempts")}
-    study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+    """Queue an interrupted trial again. The FAILed original is not counted: it never got a
+    status (or, when this driver fails its own, is marked interrupted)."""
+    requeue(study, t)
 
 
 class Heartbeat:
@@ -333,9 +343,7 @@ def requeue_deferred(study: optuna.Study, owner: str | None = None) -> int:
     for t in trials:
         mine = owner is None or t.user_attrs.get("owner") == owner
         if mine and t.state == TrialState.FAIL and t.user_attrs.get("status") == "deferred" and t.number not in retried:
-            attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset",)}
-            attrs.update(retry_of=t.number, prior_attempts=int(t.user_attrs.get("attempts", 1)))
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            requeue(study, t, retry_of=t.number, prior_attempts=int(t.user_attrs.get("attempts", 1)))
             n += 1
     return n
 
