@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.bench_search import _trial_phase_seconds  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 from nas.pareto import counted_trials  # noqa: E402
+from nas.records import TrialKey  # noqa: E402
 from nas.services import fit_for, reconstruction_key  # noqa: E402
 from ray_cluster import LoopbackCluster, namespaces_supported, ray_env  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
@@ -101,7 +102,7 @@ def objects_needed(trials: list, data) -> int:
     """The data set plus each distinct DUpsampling W these trials were handed (the driver's fits)."""
     specs = {}
     for t in trials:
-        spec = ArchSpec.from_dict(t.user_attrs["spec"])
+        spec = ArchSpec.from_dict(t.user_attrs[TrialKey.SPEC])
         key = reconstruction_key(spec, data.info.ignore_index, seed=0)
         if key is not None:
             specs[key] = spec
@@ -140,7 +141,7 @@ def run(workers: int, args: argparse.Namespace, work: Path, data) -> list[dict]:
     assert all(v == [] for v in views.values()), f"a worker node wrote into the run folder: {views}"
     rows = []
     for name in nodes:
-        mine = [t for t in trials if t.user_attrs.get("node") == nodes[name].node_id]
+        mine = [t for t in trials if t.user_attrs.get(TrialKey.NODE) == nodes[name].node_id]
         rows.append({"worker_nodes": workers, "node": name, "trials": len(trials), "trial_phase_s": phase,
                      "trials_per_hour": len(trials) / phase * 3600, "search_wall_s": wall, "trials_on_node": len(mine),
                      "bytes_received": received[name], "objects_needed_bytes": objects_needed(mine, data) if mine else 0,

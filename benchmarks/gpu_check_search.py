@@ -19,6 +19,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nas.records import StudyKey  # noqa: E402  (standard library only: no Optuna needed)
+
 REPO = Path(__file__).resolve().parent.parent
 STUDY = "gpu_check"
 FINISHED = ("COMPLETE", "PRUNED")  # trained to the end, or stopped early by the scheduler: both used budget
@@ -173,7 +176,7 @@ def summarise(trials: list[dict], stop_time: float, concurrent: int, sampler: Gp
 def latency_settings(study_attrs: dict) -> tuple[str, int, tuple[int, int] | None]:
     """The in-search latency's backend, threads and input size, from the study's recorded meaning
     ("latency": "torch, 4 thread(s), median of 30 runs"; "deploy size": "256x512")."""
-    meaning = study_attrs.get("trial_meaning") or {}
+    meaning = study_attrs.get(StudyKey.TRIAL_MEANING) or {}
     parts = [p.strip() for p in str(meaning.get("latency", "torch, 1 thread(s)")).split(",")]
     backend = parts[0] if parts[0] in ("torch", "onnxruntime") else "torch"
     threads = int(parts[1].split()[0]) if len(parts) > 1 and parts[1].split()[0].isdigit() else 1

@@ -29,6 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, run_logged, save  # noqa: E402
+from nas.records import TrialKey  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
 
 BIG_VAL = 256  # validation images of the larger generated split (the default split has 64)
@@ -36,7 +37,7 @@ BIG_VAL = 256  # validation images of the larger generated split (the default sp
 
 def _spread(trials: list, k: int) -> list:
     """k of the trials evenly spaced in search mIoU."""
-    trials = sorted(trials, key=lambda t: t.user_attrs["miou"])
+    trials = sorted(trials, key=lambda t: t.user_attrs[TrialKey.MIOU])
     if k <= 0 or not trials:
         return []
     return [trials[i] for i in np.unique(np.linspace(0, len(trials) - 1, min(k, len(trials))).round().astype(int))]
@@ -46,13 +47,13 @@ def pick_nets(study: optuna.Study, n: int) -> pd.DataFrame:
     """The presets, half the rest from the search-protocol front, the others from the remaining
     trials, each half evenly spaced in search mIoU."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    presets = [t for t in done if t.user_attrs.get("preset")]
+    presets = [t for t in done if t.user_attrs.get(TrialKey.PRESET)]
     front_numbers = {t.number for t in study.best_trials}
     front = _spread([t for t in done if t.number in front_numbers and t not in presets], (n - len(presets)) // 2)
     taken = {t.number for t in presets + front}
     others = _spread([t for t in done if t.number not in taken], n - len(taken))
-    return pd.DataFrame([{"trial": t.number, "preset": t.user_attrs.get("preset", ""), "gmacs": t.user_attrs["gmacs"],
-                          "search_seed0": t.user_attrs["miou"], "spec": t.user_attrs["spec"]}
+    return pd.DataFrame([{"trial": t.number, "preset": t.user_attrs.get(TrialKey.PRESET, ""), "gmacs": t.user_attrs[TrialKey.GMACS],
+                          "search_seed0": t.user_attrs[TrialKey.MIOU], "spec": t.user_attrs[TrialKey.SPEC]}
                          for t in sorted(presets + front + others, key=lambda t: t.number)])
 
 

@@ -41,6 +41,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
 from nas import validate as val  # noqa: E402
+from nas.records import Status, StudyKey, TrialKey, validated_key  # noqa: E402
 from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
 from nas.search import build_parser, config_from_args, search, validate_front  # noqa: E402
 from nas.strategy import active_key  # noqa: E402
@@ -85,7 +86,7 @@ def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache,
     set, reusing cached trainings); returns (HV, validation seconds / 2, the validated trials)."""
     validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
     numbers = val.candidates(study, OBJECTIVES, cfg.noise, cfg.val_max)
-    seconds = sum(study.user_attrs.get(f"validated:{n}:{s}", {}).get("seconds", 0.0)
+    seconds = sum(study.user_attrs.get(validated_key(n, s), {}).get("seconds", 0.0)
                   for n in numbers for s in cfg.protocol.seeds)
     return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, numbers
 
@@ -106,7 +107,7 @@ def validated_spread(study: optuna.Study, numbers: list[int]) -> float:
     """Mean number of parameters (of the network built) in which two of these validated searched
     nets differ: how far apart the nets that reach validation are."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    keys = [dict(active_key(trials[n].params)) for n in numbers if "preset" not in trials[n].user_attrs]
+    keys = [dict(active_key(trials[n].params)) for n in numbers if TrialKey.PRESET not in trials[n].user_attrs]
     pairs = [sum(a.get(k) != b.get(k) for k in set(a) | set(b)) for a, b in itertools.combinations(keys, 2)]
     return float(np.mean(pairs)) if pairs else math.nan
 
@@ -118,7 +119,7 @@ def presets_alone(out: Path, runs: pd.DataFrame, protocol: val.Protocol, scales:
         path = out / f"{r['strategy']}-s{r['seed']}" / "study.db"
         if path.exists():
             study = optuna.load_study(study_name=path.parent.name, storage=f"sqlite:///{path}")
-            presets = [t.number for t in study.get_trials(deepcopy=False) if "preset" in t.user_attrs]
+            presets = [t.number for t in study.get_trials(deepcopy=False) if TrialKey.PRESET in t.user_attrs]
             values.append(front_hypervolume(study, presets, protocol, scales))
     return {"strategy": "the 4 presets alone (no search)", "validated_hv": float(np.mean(values)) if values else math.nan,
             "validated_hv_sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
@@ -137,7 +138,7 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     # that every strategy pays alike (Ray, data generation, the reference costs) is left out.
     start = min(t.datetime_start for t in study.trials if t.datetime_start).timestamp()
     wall = max(t.datetime_complete for t in study.trials if t.datetime_complete).timestamp() - start
-    scales = scales or study.user_attrs["hypervolume_scales"]  # one fixed reference for every run
+    scales = scales or study.user_attrs[StudyKey.HYPERVOLUME_SCALES]  # one fixed reference for every run
     # The validated stage as the search runs it, with the benchmark's fixed protocol: seed 0 makes
     # the validation seeds 1000 and 1001 for every run (the search derives them from its own seed).
     val_cfg = dataclasses.replace(cfg, seed=0, val_height=protocol.height, val_width=protocol.width,
@@ -152,7 +153,7 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
            "val_max": val_max, "validated_hv": hv,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": len(validated),
-           "complete": sum(t.user_attrs.get("status") == "complete" for t in trials),
+           "complete": sum(t.user_attrs.get(TrialKey.STATUS) == Status.COMPLETE for t in trials),
            "spread": validated_spread(study, validated),
            "run_s": time.perf_counter() - began}  # what this run cost the benchmark, start-up and reports included
     return row, curve, scales

@@ -23,6 +23,7 @@ from trainers.train import load_checkpoint
 
 from .cli import UsageError, run
 from .pareto import trial_spec
+from .records import Status, TrialKey, is_validated_key_of
 from .validate import weights_path
 
 
@@ -54,7 +55,7 @@ def load_run_study(run_dir: Path) -> optuna.Study:
 
 
 def trial_by_number(study: optuna.Study, number: int) -> ArchSpec:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number and "spec" in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number and TrialKey.SPEC in t.user_attrs]
     if not trials:
         raise UsageError(f"--trial {number}: no such trial with an architecture (0..{len(study.trials) - 1})")
     return trial_spec(trials[0])
@@ -64,7 +65,7 @@ def trial_of_spec(study: optuna.Study, run_dir: Path, spec: ArchSpec) -> int | N
     """The finished trial with exactly this architecture (best.yaml names none); a sampler may have
     proposed the same net twice, so the one whose trained weights were kept comes first."""
     same = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "spec" in t.user_attrs and trial_spec(t) == spec]
+            if TrialKey.SPEC in t.user_attrs and trial_spec(t) == spec]
     trained = [n for n in same if trained_seeds(study, run_dir, n)]
     return (trained or same or [None])[0]
 
@@ -73,7 +74,7 @@ def trained_seeds(study: optuna.Study, run_dir: Path, number: int) -> dict[int, 
     """Validation seed -> recorded mIoU, for the seeds whose trained weights are in the run folder."""
     out = {}
     for key, record in study.user_attrs.items():
-        if key.startswith(f"validated:{number}:") and record.get("status") == "complete":
+        if is_validated_key_of(key, number) and record.get("status") == Status.COMPLETE:
             seed = int(key.rsplit(":", 1)[1])
             if weights_path(run_dir, number, seed).is_file():
                 out[seed] = float(record["miou"])

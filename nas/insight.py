@@ -27,6 +27,8 @@ import pandas as pd
 
 from search_spaces.space import DILATION_SCHEDULES
 
+from .records import Status
+
 MIN_TRIALS = 20
 MIN_GROUP = 5
 # The axes of the space, as columns of the trials table (the stages' widths, depths and dropouts too).
@@ -75,7 +77,7 @@ def metric_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         return table.iloc[0:0]
     rows = table[pd.to_numeric(table[metric], errors="coerce").notna()]
     if metric == "miou":
-        rows = rows[rows["state"] == "complete"]
+        rows = rows[rows["state"] == Status.COMPLETE]
     return rows[[c for c in (*AXES, *OTHER_AXES) if c in rows] + [metric]].dropna()
 
 

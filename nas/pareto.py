@@ -17,6 +17,8 @@ import pandas as pd
 
 from search_spaces import ArchSpec
 
+from .records import COUNTED, TABLE_ATTRS, TrialKey
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -33,7 +35,6 @@ OBJECTIVES = {
     "memory": Objective("memory", "peak_mem_mb", "minimize", "peak activation memory (MB, batch 1)"),
     "params": Objective("params", "params", "minimize", "parameters"),
 }
-COUNTED = ("complete", "stopped", "infeasible", "failed")  # trial statuses that use up the budget
 
 
 def parse_objectives(text: str) -> tuple[Objective, ...]:
@@ -86,7 +87,7 @@ def crowding_distances(loss_rows: np.ndarray) -> np.ndarray:
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that used up budget, in order; interrupted attempts (re-queued on resume) excluded."""
     return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("status") in COUNTED and not t.user_attrs.get("interrupted")]
+            if t.user_attrs.get(TrialKey.STATUS) in COUNTED and not t.user_attrs.get(TrialKey.INTERRUPTED)]
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -136,7 +137,7 @@ def _flatten(prefix: str, value, out: dict) -> None:
 
 
 def trial_spec(t: optuna.trial.FrozenTrial) -> ArchSpec:
-    return ArchSpec.from_dict(t.user_attrs["spec"])
+    return ArchSpec.from_dict(t.user_attrs[TrialKey.SPEC])
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -144,14 +145,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in counted_trials(study):
         a = t.user_attrs
-        row = {"trial": t.number, "state": a["status"], "preset": a.get("preset", ""),
-               "tag": trial_spec(t).tag() if "spec" in a else ""}
-        for key in ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
-                    "epochs", "attempts", "retry_of", "train_seconds", "trial_seconds", "peak_train_mem_mb", "device",
-                    "reason"):
+        row = {"trial": t.number, "state": a[TrialKey.STATUS], "preset": a.get(TrialKey.PRESET, ""),
+               "tag": trial_spec(t).tag() if TrialKey.SPEC in a else ""}
+        for key in TABLE_ATTRS:
             row[key] = a.get(key)
-        if "spec" in a:
-            spec = dict(a["spec"])
+        if TrialKey.SPEC in a:
+            spec = dict(a[TrialKey.SPEC])
             spec.pop("name", None)
             _flatten("", spec, row)
         rows.append(row)

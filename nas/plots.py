@@ -8,6 +8,7 @@ from typing import Sequence
 import pandas as pd
 
 from .pareto import Objective
+from .records import Status
 
 
 def _pyplot():
@@ -30,7 +31,7 @@ def plot_fronts(run_dir: Path, table: pd.DataFrame, front: list[int], objectives
     candidates at their validated mean with +-1 standard deviation bars, the front joined in red."""
     plt = _pyplot()
     paths = []
-    done = table[table["state"] == "complete"] if len(table) else table
+    done = table[table["state"] == Status.COMPLETE] if len(table) else table
     validated = validated_label is not None and "miou_validated" in done
     for cost in (o for o in objectives if o.direction == "minimize"):
         fig, ax = plt.subplots(figsize=(8.8, 4.8))

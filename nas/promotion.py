@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .pareto import Objective, crowding_distances, losses, non_domination_ranks
+from .records import Status
 
 
 def rungs(max_epochs: int, eta: int = 2, grace: int = 1) -> list[int]:
@@ -73,7 +74,7 @@ def mo_asha(objectives: Sequence[Objective], scales: dict[str, float], max_epoch
 
         def on_trial_result(self, tune_controller, trial, result):
             epoch = result.get("epoch")
-            if epoch not in self.rungs or result.get("status") != "running":
+            if epoch not in self.rungs or result.get("status") != Status.RUNNING:
                 return TrialScheduler.CONTINUE
             recorded = self.rungs[epoch]
             recorded.append(rung_losses(result, objectives, scales))

@@ -22,6 +22,7 @@ from .pareto import (Objective, counted_trials, front_trials, hypervolume, hyper
                      trial_spec, trials_table)
 from . import insight
 from .plots import plot_fronts, plot_hypervolume
+from .records import StudyKey
 from .validate import Validation, indistinguishable, preset_dominance
 
 FRONT_COLUMNS = ("trial", "preset", "tag", "miou", "miou_std", "miou_search", "gmacs", "latency_ms",
@@ -69,7 +70,7 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     values = [[float(row[o.key]) for o in objectives] for _, row in front.iterrows()]
     if numbers:
         atomic_write(run_dir / "best.yaml", trial_spec(trials[numbers[pick(values, objectives, how)]]).to_yaml())
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, "hypervolume_scales": scales}, sort_keys=False))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, StudyKey.HYPERVOLUME_SCALES: scales}, sort_keys=False))
     history = hypervolume_history(counted_trials(study), objectives, scales)
     final_hv = hypervolume(losses(v, objectives, scales) for v in values)
     search_label = f"search protocol: {config['height']}x{config['width']}, {config['settings']['epochs']} epochs, 1 seed"

@@ -27,6 +27,7 @@ from .promotion import mo_asha
 from trainers.gpu_share import is_fatal_cuda_error
 
 from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
+from .records import Status, TrialKey
 from .study import Heartbeat, SearchConfig, record_outcome, requeue
 from .trial import TrialSettings, evaluate_trial
 
@@ -52,12 +53,12 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
             spec = space.sample(trial)
-            preset = trial.user_attrs.get("preset")
+            preset = trial.user_attrs.get(TrialKey.PRESET)
             if preset:
                 spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
-            trial.set_user_attr("spec", spec.to_dict())
-            trial.set_user_attr("owner", owner)
-            retry_of = trial.user_attrs.get("retry_of")
+            trial.set_user_attr(TrialKey.SPEC, spec.to_dict())
+            trial.set_user_attr(TrialKey.OWNER, owner)
+            retry_of = trial.user_attrs.get(TrialKey.RETRY_OF)
             try:  # beating before anyone can see it RUNNING; a busy database skips to the next beat
                 study._storage.record_heartbeat(trial._trial_id)
             except Exception:
@@ -65,7 +66,7 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             self.trials[trial_id] = trial
             return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or "",
                     "retry_of": -1 if retry_of is None else retry_of, "reconstruction": reconstruction(spec),
-                    "prior_attempts": trial.user_attrs.get("prior_attempts", 0)}
+                    "prior_attempts": trial.user_attrs.get(TrialKey.PRIOR_ATTEMPTS, 0)}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             trial = self.trials.pop(trial_id, None)
@@ -74,7 +75,7 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             if error:  # Ray Tune hands the callback the error right after this call
                 self.errored[trial_id] = trial
                 return
-            if (result or {}).get("status") == "running" and trial_id not in early_stopped:
+            if (result or {}).get("status") == Status.RUNNING and trial_id not in early_stopped:
                 return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
             record_outcome(study, trial, result, error, objectives)
 
@@ -85,11 +86,11 @@ def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             trial = self.errored.pop(trial_id, None)
             if trial is None:
                 return
-            losses = trial.user_attrs.get("node_losses", 0) + 1
+            losses = trial.user_attrs.get(TrialKey.NODE_LOSSES, 0) + 1
             if node_lost(exc) and losses <= MAX_NODE_LOSSES:
-                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                study._storage.set_trial_user_attr(trial._trial_id, TrialKey.INTERRUPTED, True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                requeue(study, trial, node_losses=losses)
+                requeue(study, trial, **{TrialKey.NODE_LOSSES: losses})
                 self.lost += 1
             else:
                 record_outcome(study, trial, None, True, objectives)
@@ -143,7 +144,7 @@ def _trainable(config: dict, data: SegData) -> None:
                             retry_of=None if retry_of < 0 else retry_of)
     if result.get("fatal"):
         raise WorkerUnusable(result["reason"])
-    if result["status"] != "complete":
+    if result["status"] != Status.COMPLETE:
         tune.report({"miou": 0.0, **result, "node": node})
 
 
@@ -268,7 +269,7 @@ def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Ca
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the worker died twice
-            result = {"status": "failed", "reason": f"worker process died: {type(exc).__name__}"}
+            result = {"status": Status.FAILED, "reason": f"worker process died: {type(exc).__name__}"}
         record(job, result)
 
 

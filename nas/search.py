@@ -17,6 +17,7 @@ from trainers.train import PRECISIONS, write_checkpoint
 from . import runner, study as st, validate as val
 from .cli import UsageError, parse_net_size, run
 from .pareto import front_trials, hypervolume, losses, parse_objectives
+from .records import Status, StudyKey
 from .report import validation_summary, write_results
 from .trial import Constraints, TrialSettings
 from .validate import DEFAULT_NOISE
@@ -160,8 +161,8 @@ class Progress:
         elapsed = time.time() - self.start
         new = done - self.done_at_start
         eta = elapsed / new * (self.cfg.budget - done) if new else float("nan")
-        return (f"[{done}/{self.cfg.budget}] complete {counts['complete']} | running {self.running} | "
-                f"failed {counts['failed']} | stopped early {counts['stopped']} | infeasible {counts['infeasible']} | "
+        return (f"[{done}/{self.cfg.budget}] complete {counts[Status.COMPLETE]} | running {self.running} | "
+                f"failed {counts[Status.FAILED]} | stopped early {counts[Status.STOPPED]} | infeasible {counts[Status.INFEASIBLE]} | "
                 f"front {len(front)} | HV {hv:.4f} | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
 
     def show(self) -> None:
@@ -285,11 +286,11 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, ca
             if checkpoint is not None:
                 write_checkpoint(val.weights_path(cfg.run_dir, job.number, job.seed), checkpoint)
             study.set_user_attr(job.key, result)
-            if cache is not None and result["status"] == "complete":  # a failure is retried by a re-run
+            if cache is not None and result["status"] == Status.COMPLETE:  # a failure is retried by a re-run
                 cache.add(job, result)
             done.append(job)
             if not cfg.quiet:
-                what = f"mIoU {result['miou']:.4f}" if result["status"] == "complete" else result["reason"]
+                what = f"mIoU {result['miou']:.4f}" if result["status"] == Status.COMPLETE else result["reason"]
                 print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
 
         runner.run_validation(cfg, jobs, data_ref, p, record, runner.publish_reconstructions(jobs, data))
@@ -301,7 +302,7 @@ def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, ca
 
 def _scales(cfg: st.SearchConfig, study: optuna.Study, space) -> dict[str, float]:
     """The fixed hypervolume reference, measured once per study and kept in the study itself."""
-    key = "hypervolume_scales"
+    key = StudyKey.HYPERVOLUME_SCALES
     if key not in study.user_attrs:
         study.set_user_attr(key, runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings))
     return study.user_attrs[key]

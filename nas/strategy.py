@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces.space import PARAMS, Choice, IntRange
 
 from .pareto import Objective, hypervolume, non_domination_ranks
+from .records import Status, StudyKey, TrialKey
 
 PENALTIES = (1.0, 10.0, 100.0, 1000.0)  # ridge penalties tried, on ~110 standardised features
 OPTIMISM = 0.5  # predicted mIoU is raised by this many residual sds for points far from any trial
@@ -130,7 +131,7 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         # of this size spins far longer than it computes.
         with threadpool_limits(limits=1):
             self._proposals[trial._trial_id] = self.propose(study.get_trials(deepcopy=False), trial.number,
-                                                            study.user_attrs.get("hypervolume_scales", {}))
+                                                            study.user_attrs.get(StudyKey.HYPERVOLUME_SCALES, {}))
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
         proposal = self._proposals.get(trial._trial_id, {})
@@ -259,11 +260,11 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
         flagged by one indicator column per such epoch. Successive halving stops half the trials or
         more, and their short-training mIoU still ranks architectures; the flag takes the level
         offset, and a candidate is predicted as fully trained (its flags, absent, count as zero)."""
-        stopped = [t for t in known if t.user_attrs.get("status") == "stopped" and o.key in t.user_attrs]
-        rungs = sorted({t.user_attrs.get("epochs", 0) for t in stopped})
+        stopped = [t for t in known if t.user_attrs.get(TrialKey.STATUS) == Status.STOPPED and o.key in t.user_attrs]
+        rungs = sorted({t.user_attrs.get(TrialKey.EPOCHS, 0) for t in stopped})
         full = [(np.append(self._code(t)[0], np.zeros(len(rungs))), self._target(o, t.values[j], scales))
                 for t in known if t.state == TrialState.COMPLETE and t.values]
-        return full + [(np.append(self._code(t)[0], [float(t.user_attrs.get("epochs", 0) == r) for r in rungs]),
+        return full + [(np.append(self._code(t)[0], [float(t.user_attrs.get(TrialKey.EPOCHS, 0) == r) for r in rungs]),
                         self._target(o, t.user_attrs[o.key], scales)) for t in stopped]
 
     def _predict(self, cands, models: dict[str, Ridge], scales) -> np.ndarray:

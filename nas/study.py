@@ -32,7 +32,8 @@ from search_spaces.space import SearchSpace
 from trainers.costs import measure_costs
 from trainers.data import SegData
 
-from .pareto import COUNTED, Objective, counted_trials
+from .pareto import Objective, counted_trials
+from .records import CARRIED, COUNTED, Status, StudyKey, TrialKey, TrialOutcome
 from .trial import TrialSettings
 from .validate import Protocol
 
@@ -215,9 +216,9 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
 def check_resumable(study: optuna.Study, cfg: SearchConfig, data: SegData) -> None:
     """Refuse to mix trials of different meaning into one study; remember the meaning otherwise."""
     now = cfg.trial_meaning(data)
-    then = study.user_attrs.get("trial_meaning")
+    then = study.user_attrs.get(StudyKey.TRIAL_MEANING)
     if then is None:
-        study.set_user_attr("trial_meaning", now)
+        study.set_user_attr(StudyKey.TRIAL_MEANING, now)
         return
     # a study from before --deploy-size measured its costs at the size it trained at
     then = {"deploy size": then.get("size"), **then}
@@ -237,8 +238,8 @@ def recover_stale_trials(study: optuna.Study, owner: str, private: bool) -> int:
     """
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if private or t.user_attrs.get("owner") == owner:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        if private or t.user_attrs.get(TrialKey.OWNER) == owner:
+            study._storage.set_trial_user_attr(t._trial_id, TrialKey.INTERRUPTED, True)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             _requeue(study, t)
             n += 1
@@ -249,14 +250,10 @@ def recover_stale_trials(study: optuna.Study, owner: str, private: bool) -> int:
     return n + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
 
 
-# What a trial queued again keeps of the original: which preset it is, and whose retry.
-CARRIED_ATTRS = ("preset", "retry_of", "prior_attempts")
-
-
 def requeue(study: optuna.Study, t, **attrs) -> None:
     """Queue trial `t` again with the same parameters and its carried attributes (`attrs` added or
     replacing them)."""
-    carried = {k: v for k, v in t.user_attrs.items() if k in CARRIED_ATTRS}
+    carried = {k: v for k, v in t.user_attrs.items() if k in CARRIED}
     study.enqueue_trial(t.params, user_attrs={**carried, **attrs}, skip_if_exists=False)
 
 
@@ -293,12 +290,12 @@ class Heartbeat:
 
 def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
     """Queue every preset not yet in the study (idempotent, so a kill mid-way loses none)."""
-    present = {t.user_attrs.get("preset") for t in study.get_trials(deepcopy=False)}
+    present = {t.user_attrs.get(TrialKey.PRESET) for t in study.get_trials(deepcopy=False)}
     for name in PRESET_NAMES:
         if name in present:
             continue
         spec = load_preset(name, space.input.height, space.input.width, space.input.num_classes, space.input.in_channels)
-        study.enqueue_trial(space.encode(spec), user_attrs={"preset": name})
+        study.enqueue_trial(space.encode(spec), user_attrs={TrialKey.PRESET: name})
 
 
 def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], settings: TrialSettings) -> dict[str, float]:
@@ -310,27 +307,16 @@ def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], sett
 
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, result: dict | None, error: bool,
-                   objectives: tuple[Objective, ...]) -> str:
+                   objectives: tuple[Objective, ...]) -> Status:
     """Tell Optuna how a trial ended; returns its status."""
-    result = result or {}
-    status = result.get("status", "failed")
-    if error:
-        status = "failed"
-        result = {**result, "reason": "worker process died, or its CUDA context failed, twice (retried once)"}
-    elif status == "running":
-        status = "stopped"  # the scheduler stopped it after an intermediate report
-    keep = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
-            "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
-            "precision", "skipped_steps", "started_at", "finished_at", "node")
-    for key in keep:
-        if key in result:
-            trial.set_user_attr("epochs" if key == "epoch" else key, result[key])
-    trial.set_user_attr("status", status)
-    if status == "complete":
-        study.tell(trial, [float(result[o.key]) for o in objectives])
+    outcome = TrialOutcome.from_result(result, error)
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    if outcome.status == Status.COMPLETE:
+        study.tell(trial, outcome.values(objectives))
     else:
-        study.tell(trial, state=TrialState.FAIL if status in ("failed", "deferred") else TrialState.PRUNED)
-    return status
+        study.tell(trial, state=TrialState.FAIL if outcome.status in (Status.FAILED, Status.DEFERRED) else TrialState.PRUNED)
+    return outcome.status
 
 
 def requeue_deferred(study: optuna.Study, owner: str | None = None) -> int:
@@ -338,19 +324,19 @@ def requeue_deferred(study: optuna.Study, owner: str | None = None) -> int:
     deferred for running out of memory; returns how many. The deferred original does not count
     against the budget; its repeat, numbered anew, does."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {t.user_attrs.get(TrialKey.RETRY_OF) for t in trials}
     n = 0
     for t in trials:
-        mine = owner is None or t.user_attrs.get("owner") == owner
-        if mine and t.state == TrialState.FAIL and t.user_attrs.get("status") == "deferred" and t.number not in retried:
-            requeue(study, t, retry_of=t.number, prior_attempts=int(t.user_attrs.get("attempts", 1)))
+        mine = owner is None or t.user_attrs.get(TrialKey.OWNER) == owner
+        if mine and t.state == TrialState.FAIL and t.user_attrs.get(TrialKey.STATUS) == Status.DEFERRED and t.number not in retried:
+            requeue(study, t, **{TrialKey.RETRY_OF: t.number, TrialKey.PRIOR_ATTEMPTS: int(t.user_attrs.get(TrialKey.ATTEMPTS, 1))})
             n += 1
     return n
 
 
 def own_trials(study: optuna.Study, owner: str | None) -> list[optuna.trial.FrozenTrial]:
     """The counted trials of driver `owner` (SearchConfig.budget_owner); None: every counted trial."""
-    return [t for t in counted_trials(study) if owner is None or t.user_attrs.get("owner") == owner]
+    return [t for t in counted_trials(study) if owner is None or t.user_attrs.get(TrialKey.OWNER) == owner]
 
 
 def remaining_budget(study: optuna.Study, budget: int, owner: str | None = None) -> int:
@@ -367,5 +353,5 @@ def study_space(data: SegData, height: int, width: int) -> SearchSpace:
 def count_states(study: optuna.Study, owner: str | None = None) -> dict[str, int]:
     counts = dict.fromkeys(COUNTED, 0)
     for t in own_trials(study, owner):
-        counts[t.user_attrs["status"]] += 1
+        counts[Status(t.user_attrs[TrialKey.STATUS])] += 1
     return counts

@@ -22,6 +22,8 @@ from trainers.data import SegData
 from trainers.gpu_share import claim_share, is_cuda, is_fatal_cuda_error, release
 from trainers.train import TrainConfig, TrainingDiverged, fit
 
+from .records import Status
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -122,8 +124,8 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
     finally:
         release(settings.device)  # a reused worker starts its next trial with the cache empty
     result.update(number=number, finished_at=time.time())
-    if result["status"] == "failed" and result["reason"].startswith("out of memory") and retry_of is None:
-        result["status"] = "deferred"
+    if result["status"] == Status.FAILED and result["reason"].startswith("out of memory") and retry_of is None:
+        result["status"] = Status.DEFERRED
     return result
 
 
@@ -142,7 +144,7 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
         base.update(costs)
         violated = settings.constraints.violations(costs)
         if violated:
-            return {**base, "status": "infeasible", "reason": "; ".join(violated), "epoch": 0,
+            return {**base, "status": Status.INFEASIBLE, "reason": "; ".join(violated), "epoch": 0,
                     "trial_seconds": time.perf_counter() - start}
         cfg = settings.train_config(settings.epochs, settings.seed)
         train_start = time.perf_counter()
@@ -153,16 +155,16 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
                 raise TrainingDiverged(f"validation mIoU is {miou} after epoch {rec.epoch}")
             last = rec.epoch == settings.epochs
             report({**base, "epoch": rec.epoch, "miou": miou, "loss": rec.loss, "final": last,
-                    "status": "complete" if last else "running",
+                    "status": Status.COMPLETE if last else Status.RUNNING,
                     "train_seconds": time.perf_counter() - train_start,
                     "trial_seconds": time.perf_counter() - start, "finished_at": time.time()})
 
         result = fit(spec, data, cfg, on_epoch=on_epoch, reconstruction=reconstruction)
-        return {**base, "status": "complete", "final": True, "epoch": len(result.history), "miou": result.miou,
+        return {**base, "status": Status.COMPLETE, "final": True, "epoch": len(result.history), "miou": result.miou,
                 "train_seconds": result.train_seconds + result.eval_seconds, "trial_seconds": time.perf_counter() - start,
                 "peak_train_mem_mb": result.peak_train_mem_mb, "precision": result.precision,
                 "skipped_steps": result.skipped_steps}
     except Exception as exc:  # a bad trial is a failed row, never a crashed search
         kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else type(exc).__name__
-        return {**base, "status": "failed", "reason": f"{kind}: {exc}", "epoch": 0, "fatal": is_fatal_cuda_error(exc),
+        return {**base, "status": Status.FAILED, "reason": f"{kind}: {exc}", "epoch": 0, "fatal": is_fatal_cuda_error(exc),
                 "traceback": traceback.format_exc(limit=5), "trial_seconds": time.perf_counter() - start}

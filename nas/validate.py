@@ -30,6 +30,7 @@ from trainers.gpu_share import claim_share, is_fatal_cuda_error, release
 from trainers.train import checkpoint_bytes, fit
 
 from .pareto import Objective, crowding_distances, losses, non_domination_ranks, trial_spec
+from .records import Status, TrialKey, isolated_key, validated_key
 from .trial import TrialSettings
 
 # 2 x the mean |seed 0 - seed 1| mIoU gap of one net at the search protocol (0.015, measured on 19
@@ -59,7 +60,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"validated:{self.number}:{self.seed}"
+        return validated_key(self.number, self.seed)
 
 
 def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: float, limit: int) -> list[int]:
@@ -74,8 +75,8 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return []
-    presets = [t.number for t in done if t.user_attrs.get("preset")]
-    searched = [i for i, t in enumerate(done) if not t.user_attrs.get("preset")]  # indices into done
+    presets = [t.number for t in done if t.user_attrs.get(TrialKey.PRESET)]
+    searched = [i for i, t in enumerate(done) if not t.user_attrs.get(TrialKey.PRESET)]  # indices into done
     rows = np.array([losses(t.values, objectives, {o.key: 1.0 for o in objectives}) for t in done])
     m = [o.name for o in objectives].index("miou")
     slack = []
@@ -101,7 +102,7 @@ def pending_jobs(study: optuna.Study, numbers: Sequence[int], protocol: Protocol
     for n in numbers:
         spec = trial_spec(trials[n]).with_input(height=protocol.height, width=protocol.width)
         for seed in protocol.seeds:
-            job = Job(n, seed, spec.to_dict(), float(trials[n].user_attrs.get("gmacs", 0.0)))
+            job = Job(n, seed, spec.to_dict(), float(trials[n].user_attrs.get(TrialKey.GMACS, 0.0)))
             if job.key not in study.user_attrs:
                 jobs.append(job)
     return sorted(jobs, key=lambda j: -j.gmacs)
@@ -123,11 +124,11 @@ def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettin
     try:
         spec = ArchSpec.from_dict(job.spec)
         result = fit(spec, data, cfg, reconstruction=reconstruction)
-        return {"status": "complete", "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds,
+        return {"status": Status.COMPLETE, "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds,
                 "started_at": started, "finished_at": time.time(), "peak_train_mem_mb": result.peak_train_mem_mb,
                 "checkpoint": checkpoint_bytes(result.model, spec, result.metrics)}
     except Exception as exc:
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "fatal": is_fatal_cuda_error(exc),
+        return {"status": Status.FAILED, "reason": f"{type(exc).__name__}: {exc}", "fatal": is_fatal_cuda_error(exc),
                 "traceback": traceback.format_exc(limit=3)}
     finally:
         release(settings.device)
@@ -136,8 +137,8 @@ def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettin
 def isolated_latency_pending(study: optuna.Study, numbers: Sequence[int], settings: TrialSettings) -> dict[str, dict]:
     """The candidates whose latency alone is not yet stored: study key -> the spec to time (at the deployment size)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    return {f"isolated:{n}": settings.deployed(trial_spec(trials[n])).to_dict()
-            for n in numbers if f"isolated:{n}" not in study.user_attrs}
+    return {isolated_key(n): settings.deployed(trial_spec(trials[n])).to_dict()
+            for n in numbers if isolated_key(n) not in study.user_attrs}
 
 
 def measure_isolated_latency(specs: dict[str, dict], settings: TrialSettings) -> dict[str, dict]:
@@ -168,10 +169,10 @@ def validated_values(study: optuna.Study, numbers: Sequence[int], protocol: Prot
     """Per candidate: each seed's mIoU, their mean and standard deviation, the isolated latency."""
     attrs, rows = study.user_attrs, []
     for n in numbers:
-        runs = [attrs.get(f"validated:{n}:{s}") for s in protocol.seeds]
-        mious = [r["miou"] for r in runs if r and r.get("status") == "complete"]
-        failed = [r["reason"] for r in runs if r and r.get("status") == "failed"]
-        iso = attrs.get(f"isolated:{n}", {})
+        runs = [attrs.get(validated_key(n, s)) for s in protocol.seeds]
+        mious = [r["miou"] for r in runs if r and r.get("status") == Status.COMPLETE]
+        failed = [r["reason"] for r in runs if r and r.get("status") == Status.FAILED]
+        iso = attrs.get(isolated_key(n), {})
         rows.append({"trial": n, "miou_validated": float(np.mean(mious)) if mious else math.nan,
                      "miou_validated_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else math.nan,
                      "miou_validated_seeds": "/".join(f"{m:.4f}" for m in mious), "validated_seeds": len(mious),
@@ -202,7 +203,7 @@ def summarise(study: optuna.Study, numbers: Sequence[int], protocol: Protocol,
     if len(full) > 2:
         from scipy.stats import kendalltau
 
-        search = [trials[n].user_attrs["miou"] for n in full["trial"]]
+        search = [trials[n].user_attrs[TrialKey.MIOU] for n in full["trial"]]
         tau = float(kendalltau(search, full["miou_validated"]).statistic)
     margin = 2 * seed_sd * math.sqrt(2 / len(protocol.seeds)) if multi else math.nan
     return Validation(protocol, table, front, seed_sd, gap, tau, margin)

@@ -1,0 +1,105 @@
+"""What a study stores: the names of its attributes, a trial's status, a trial's recorded outcome.
+
+This is a storage format. `--resume` and the reports read studies written by earlier runs, so
+every string here must stay byte-identical; add keys, never rename them. No other module spells
+an attribute key (tests/test_records.py greps for them). The schema is described in
+docs/architecture.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Status(str, Enum):
+    """How a trial (or a validation training) ended. A str, so it is stored as its plain value."""
+    COMPLETE = "complete"
+    RUNNING = "running"  # an intermediate report; a trial stopped after one is STOPPED
+    STOPPED = "stopped"  # stopped early by successive halving
+    INFEASIBLE = "infeasible"  # broke a constraint before training
+    FAILED = "failed"
+    DEFERRED = "deferred"  # a first out of memory: run again after the rest of the budget
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# the statuses that use up the budget
+COUNTED = (Status.COMPLETE, Status.STOPPED, Status.INFEASIBLE, Status.FAILED)
+
+
+class TrialKey:
+    """Per-trial user attributes."""
+    SPEC = "spec"  # the ArchSpec as a dict: what rebuilds the net
+    PRESET = "preset"  # the seed network's name, for a preset trial
+    OWNER = "owner"  # the driver that ran it (SearchConfig.budget_owner)
+    STATUS = "status"
+    EPOCHS = "epochs"  # epochs trained (the result's "epoch")
+    ATTEMPTS = "attempts"
+    INTERRUPTED = "interrupted"  # a FAIL that is not a failure: queued again
+    RETRY_OF = "retry_of"  # the deferred trial this one repeats
+    PRIOR_ATTEMPTS = "prior_attempts"
+    NODE_LOSSES = "node_losses"
+    NODE = "node"
+    MIOU = "miou"  # the search-protocol mIoU; each cost is stored under its Objective.key
+    GMACS = "gmacs"
+
+
+class StudyKey:
+    """Study-wide user attributes."""
+    TRIAL_MEANING = "trial_meaning"  # what the resume check compares
+    HYPERVOLUME_SCALES = "hypervolume_scales"  # the fixed hypervolume reference
+
+
+# What a trial queued again keeps of the original: which preset it is, and whose retry.
+CARRIED = (TrialKey.PRESET, TrialKey.RETRY_OF, TrialKey.PRIOR_ATTEMPTS)
+
+# The fields of a trial's final result kept as its attributes ("epoch" is stored as "epochs").
+RECORDED = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
+            "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
+            "precision", "skipped_steps", "started_at", "finished_at", TrialKey.NODE)
+
+
+# The trial attributes trials.csv shows, in its column order.
+TABLE_ATTRS = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
+               TrialKey.EPOCHS, TrialKey.ATTEMPTS, TrialKey.RETRY_OF, "train_seconds", "trial_seconds",
+               "peak_train_mem_mb", "device", "reason")
+
+
+def validated_key(number: int, seed: int) -> str:
+    """The study attribute of trial `number`'s validation training with `seed`."""
+    return f"validated:{number}:{seed}"
+
+
+def is_validated_key_of(key: str, number: int) -> bool:
+    return key.startswith(f"validated:{number}:")
+
+
+def isolated_key(number: int) -> str:
+    """The study attribute of trial `number`'s latency timed with nothing else running."""
+    return f"isolated:{number}"
+
+
+WORKER_DIED = "worker process died, or its CUDA context failed, twice (retried once)"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """A trial's end as the driver records it: its status, and the attributes to store."""
+    status: Status
+    attrs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, result: dict | None, error: bool) -> "TrialOutcome":
+        """From the last result Ray Tune reported (None when the worker died before one)."""
+        result = dict(result or {})
+        status = Status(result.get("status", Status.FAILED))
+        if error:
+            status, result["reason"] = Status.FAILED, WORKER_DIED
+        elif status == Status.RUNNING:
+            status = Status.STOPPED  # the scheduler stopped it after an intermediate report
+        attrs = {TrialKey.EPOCHS if k == "epoch" else k: result[k] for k in RECORDED if k in result}
+        return cls(status, {**attrs, TrialKey.STATUS: status.value})
+
+    def values(self, objectives) -> list[float]:
+        return [float(self.attrs[o.key]) for o in objectives]
