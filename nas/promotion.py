@@ -7,6 +7,7 @@ within a rank broken by crowding distance (NSGA-II's: the extremes of every obje
 the best mIoU so far and the cheapest net always go on). So a cheap net with modest early mIoU that
 nothing dominates goes on, where mIoU-only promotion would stop it: it may end on the front.
 
+The rule lives here; the Ray Tune scheduler that applies it is `nas.tune_adapters.MultiObjectiveASHA`.
 It is a Ray Tune scheduler rather than a rung schedule in the driver because Ray Tune already owns
 when a trial's worker runs and stops; the decision needs only the reports every trial makes per
 epoch (each carries its costs, measured before training). Optuna's multi-objective study cannot
@@ -21,7 +22,6 @@ from typing import Sequence
 import numpy as np
 
 from .pareto import Objective, crowding_distances, losses, non_domination_ranks
-from .records import Status
 
 
 def rungs(max_epochs: int, eta: int = 2, grace: int = 1) -> list[int]:
@@ -60,27 +60,3 @@ def promotes(candidate: int, loss_rows: np.ndarray, eta: int = 2) -> bool:
 def rung_losses(result: dict, objectives: Sequence[Objective], scales: dict[str, float]) -> np.ndarray:
     """A trial's normalised losses at an epoch: that epoch's mIoU and its (fixed) costs."""
     return losses([float(result[o.key]) for o in objectives], objectives, scales)
-
-
-def mo_asha(objectives: Sequence[Objective], scales: dict[str, float], max_epochs: int, early_stopped: set[str],
-            eta: int = 2):
-    """The Ray Tune scheduler; trial ids it stops are added to `early_stopped`."""
-    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-
-    class MultiObjectiveASHA(FIFOScheduler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rungs = {epoch: [] for epoch in rungs(max_epochs, eta)}
-
-        def on_trial_result(self, tune_controller, trial, result):
-            epoch = result.get("epoch")
-            if epoch not in self.rungs or result.get("status") != Status.RUNNING:
-                return TrialScheduler.CONTINUE
-            recorded = self.rungs[epoch]
-            recorded.append(rung_losses(result, objectives, scales))
-            if trial.config.get("preset") or promotes(len(recorded) - 1, np.array(recorded), eta):
-                return TrialScheduler.CONTINUE
-            early_stopped.add(trial.trial_id)
-            return TrialScheduler.STOP
-
-    return MultiObjectiveASHA()

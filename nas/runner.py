@@ -23,105 +23,12 @@ from search_spaces.space import SearchSpace
 from trainers.data import SegData
 
 from .pareto import Objective
-from .promotion import mo_asha
 from trainers.gpu_share import is_fatal_cuda_error
 
 from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
 from .records import Status, TrialKey
 from .study import Heartbeat, SearchConfig, record_outcome, requeue
 from .trial import TrialSettings, evaluate_trial
-
-
-# --- Ray Tune wiring -------------------------------------------------------------------------------
-def _ray_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], early_stopped: set[str],
-                  owner: str, reconstruction: Callable[[ArchSpec], str | None]):
-    from ray.tune import Callback
-    from ray.tune.search import Searcher
-
-    class OptunaStudySearcher(Searcher):
-        """Ray Tune asks it for trials; it asks the Optuna study (ask/tell) and records outcomes."""
-
-        def __init__(self) -> None:
-            super().__init__(metric="miou", mode="max")
-            self.trials: dict[str, optuna.Trial] = {}
-            self.errored: dict[str, optuna.Trial] = {}  # told once `callback` has seen why
-            self.lost = 0  # trials queued again because their node was lost
-            self.callback = _ErrorCallback()
-
-        def suggest(self, trial_id: str) -> dict | None:
-            with warnings.catch_warnings():  # "heartbeat is meant for optimize()": this driver beats itself
-                warnings.simplefilter("ignore", UserWarning)
-                trial = study.ask()
-            spec = space.sample(trial)
-            preset = trial.user_attrs.get(TrialKey.PRESET)
-            if preset:
-                spec = ArchSpec.from_dict({**spec.to_dict(), "name": preset})
-            trial.set_user_attr(TrialKey.SPEC, spec.to_dict())
-            trial.set_user_attr(TrialKey.OWNER, owner)
-            retry_of = trial.user_attrs.get(TrialKey.RETRY_OF)
-            try:  # beating before anyone can see it RUNNING; a busy database skips to the next beat
-                study._storage.record_heartbeat(trial._trial_id)
-            except Exception:
-                pass
-            self.trials[trial_id] = trial
-            return {"spec": spec.to_dict(), "number": trial.number, "preset": preset or "",
-                    "retry_of": -1 if retry_of is None else retry_of, "reconstruction": reconstruction(spec),
-                    "prior_attempts": trial.user_attrs.get(TrialKey.PRIOR_ATTEMPTS, 0)}
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            trial = self.trials.pop(trial_id, None)
-            if trial is None:
-                return
-            if error:  # Ray Tune hands the callback the error right after this call
-                self.errored[trial_id] = trial
-                return
-            if (result or {}).get("status") == Status.RUNNING and trial_id not in early_stopped:
-                return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
-            record_outcome(study, trial, result, error, objectives)
-
-        def judge_error(self, trial_id: str, exc: BaseException | None) -> None:
-            """A lost node interrupts its trials: they are queued again, not failed. Ray Tune's one
-            retry does not cover it: two futures on a dead node's actor count as two failures, and
-            a node may die twice. A trial whose own worker died (twice) is a failure."""
-            trial = self.errored.pop(trial_id, None)
-            if trial is None:
-                return
-            losses = trial.user_attrs.get(TrialKey.NODE_LOSSES, 0) + 1
-            if node_lost(exc) and losses <= MAX_NODE_LOSSES:
-                study._storage.set_trial_user_attr(trial._trial_id, TrialKey.INTERRUPTED, True)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                requeue(study, trial, **{TrialKey.NODE_LOSSES: losses})
-                self.lost += 1
-            else:
-                record_outcome(study, trial, None, True, objectives)
-
-        def flush(self) -> None:
-            for trial_id in list(self.errored):  # an error the callback never saw: a failure, as before
-                self.judge_error(trial_id, None)
-
-    class _ErrorCallback(Callback):
-        def on_trial_error(self, iteration, trials, trial, **info):
-            try:
-                exc = trial.get_pickled_error()
-            except Exception:  # no readable error: judged a failure
-                exc = None
-            searcher.judge_error(trial.trial_id, exc)
-
-    searcher = OptunaStudySearcher()
-    return searcher
-
-
-MAX_NODE_LOSSES = 3  # a trial whose node is lost this often (say it takes the node's memory) is failed
-
-
-def node_lost(exc: BaseException | None) -> bool:
-    """Whether a trial's error is the loss of its node (its actor unreachable, or gone with the node)
-    rather than the death of its own worker process."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-    if isinstance(exc, RayActorError) and exc.preempted:
-        return True
-    return isinstance(exc, ActorUnavailableError) or (isinstance(exc, ActorDiedError) and "its node has died" in str(exc))
 
 
 class WorkerUnusable(RuntimeError):
@@ -202,7 +109,6 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     Returns how many were interrupted by a lost node and queued again (the caller runs them)."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
     start_ray(cfg)
     resources = ray.cluster_resources()
@@ -211,12 +117,13 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     if cfg.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
         fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.gpus_per_trial + 1e-9))
     concurrent = cfg.max_concurrent or max(1, int(fits))
-    early_stopped: set[str] = set()
+    from .tune_adapters import FullTraining, MultiObjectiveASHA, StudySearcher
+
     services = DriverServices()
-    searcher = _ray_searcher(study, space, cfg.objectives, early_stopped, cfg.owner,
-                             lambda spec: services.reconstruction(spec, data, cfg.settings.seed))
-    scheduler = (mo_asha(cfg.objectives, scales, cfg.settings.epochs, early_stopped)
-                 if cfg.early_stopping and cfg.settings.epochs > 1 else FIFOScheduler())
+    scheduler = (MultiObjectiveASHA(cfg.objectives, scales, cfg.settings.epochs)
+                 if cfg.early_stopping and cfg.settings.epochs > 1 else FullTraining())
+    searcher = StudySearcher(study, space, cfg.objectives, cfg.owner,
+                             lambda spec: services.reconstruction(spec, data, cfg.settings.seed), scheduler)
     trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,

@@ -9,9 +9,8 @@ import time
 import optuna
 import pandas as pd
 
-from trainers.costs import LATENCY_BACKENDS
+from trainers.costs import LATENCY_BACKENDS, resolve_backend
 from trainers.data import load_data
-from trainers.deploy import default_backend
 from trainers.train import PRECISIONS, write_checkpoint
 
 from . import runner, study as st, validate as val
@@ -124,10 +123,10 @@ def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
     threads = max(1, int(args.cpus_per_trial))
     backend = args.latency_backend
     if not args.address:  # this machine is where trials run; a cluster's workers are asked at start (nas.runner)
-        backend = default_backend(device) if backend == "auto" else backend
-        if backend == "onnxruntime" and default_backend(device) != backend:
-            raise UsageError("--latency-backend onnxruntime: this onnxruntime has no CUDA provider for the GPU trials "
-                             "(install onnxruntime-gpu, or use --latency-backend torch)")
+        try:
+            backend = resolve_backend(backend, device, " for the GPU trials")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     settings = TrialSettings(
         epochs=args.epochs, seed=args.seed, threads=threads, device=device, latency_backend=backend,
         precision=args.precision, gpu_share=args.gpus_per_trial if device == "cuda" and args.gpus_per_trial < 1 else 0.0,
@@ -170,24 +169,6 @@ class Progress:
             end = "\n" if not sys.stdout.isatty() else "\r"
             print(self.line().ljust(120), end=end, flush=True)
 
-    def ray_callback(self):
-        from ray.tune import Callback
-
-        progress = self
-
-        class _Callback(Callback):
-            def _update(self, trials) -> None:
-                progress.running = sum(t.status == "RUNNING" for t in trials)
-                progress.show()
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._update(trials)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._update(trials)
-
-        return _Callback()
-
 
 def _sigterm_as_interrupt() -> None:
     """SIGTERM takes the same path as Ctrl-C: trials stop, results are written, --resume continues."""
@@ -229,7 +210,9 @@ def search(cfg: st.SearchConfig) -> int:
             while remaining:
                 if data_ref is None:
                     data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
-                lost = runner.run_trials(cfg, study, space, data, data_ref, remaining, scales, [progress.ray_callback()])
+                from .tune_adapters import ProgressCallback  # imports Ray
+
+                lost = runner.run_trials(cfg, study, space, data, data_ref, remaining, scales, [ProgressCallback(progress)])
                 # trials deferred for running out of memory run once more, beside other neighbours, and
                 # those a lost node interrupted run again
                 again = st.requeue_deferred(study, cfg.budget_owner)

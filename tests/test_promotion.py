@@ -2,7 +2,7 @@
 import numpy as np
 
 from nas.pareto import OBJECTIVES, crowding_distances, non_domination_ranks
-from nas.promotion import mo_asha, promotes, rung_losses, rungs
+from nas.promotion import promotes, rung_losses, rungs
 
 OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"])
 SCALES = {"gmacs": 1.0}
@@ -55,15 +55,16 @@ class _Trial:
 def test_the_scheduler_stops_dominated_trials_and_never_a_preset():
     from ray.tune.schedulers import TrialScheduler
 
-    stopped: set[str] = set()
-    sched = mo_asha(OBJS, SCALES, max_epochs=3, early_stopped=stopped)
+    from nas.tune_adapters import MultiObjectiveASHA
+
+    sched = MultiObjectiveASHA(OBJS, SCALES, max_epochs=3)
     report = lambda miou, gmacs: {"epoch": 1, "status": "running", "miou": miou, "gmacs": gmacs}  # noqa: E731
     assert sched.on_trial_result(None, _Trial("a"), report(0.40, 0.010)) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, _Trial("b"), report(0.30, 0.002)) == TrialScheduler.CONTINUE
     # a preset worse in every objective than both still goes on
     assert sched.on_trial_result(None, _Trial("p", preset="erfnet"), report(0.10, 0.500)) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, _Trial("d"), report(0.20, 0.400)) == TrialScheduler.STOP
-    assert stopped == {"d"}
+    assert [t for t in "abpd" if sched.stopped(t)] == ["d"]
     # the last epoch is no rung: a finished trial is never stopped
     final = {"epoch": 3, "status": "complete", "miou": 0.0, "gmacs": 9.0}
     assert sched.on_trial_result(None, _Trial("e"), final) == TrialScheduler.CONTINUE
