@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save  # noqa: E402
 from search_spaces import build_model, load_preset  # noqa: E402
 from search_spaces.presets import PRESET_NAMES  # noqa: E402
-from trainers.costs import count_deployed_params, count_gmacs, count_params, measure_latency, measure_peak_memory_mb  # noqa: E402
+from trainers.costs import count_deployed_params, count_gmacs, count_params, measure_peak_memory_mb  # noqa: E402
+from trainers.timing import measure_latency  # noqa: E402
 
 
 def main() -> None:

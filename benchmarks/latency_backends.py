@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import sample_specs, save  # noqa: E402
 from search_spaces import ArchSpec, InputSpec, build_model  # noqa: E402
 from search_spaces.space import SearchSpace  # noqa: E402
-from trainers.costs import count_gmacs, measure_latency  # noqa: E402
+from trainers.costs import count_gmacs  # noqa: E402
 from trainers.deploy import measure_onnx_latency  # noqa: E402
+from trainers.timing import measure_latency  # noqa: E402
 
 PRESETS = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
 

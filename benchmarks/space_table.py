@@ -88,7 +88,7 @@ def measure(job: dict) -> dict:
     row = dict(job.get("row") or {k: job[k] for k in (*KEY, *PROTOCOL, "spec")}, tag=spec.tag())
     try:
         if job["stage"] == "all":
-            from trainers.deploy import default_backend
+            from trainers.costs import default_backend
 
             start = time.perf_counter()
             costs = measure_costs(spec, "cpu", runs=settings.latency_runs, threads=job["threads"],

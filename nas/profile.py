@@ -5,8 +5,7 @@ import argparse
 import json
 
 from search_spaces import ArchSpec, build_model
-from trainers.costs import LATENCY_BACKENDS, measure_costs
-from trainers.deploy import default_backend
+from trainers.costs import LATENCY_BACKENDS, measure_costs, resolve_backend
 
 from .cli import UsageError, parse_size, run
 
@@ -38,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     if args.runs < 3:
         raise UsageError(f"--runs {args.runs}: at least 3 runs are needed for a median and an IQR")
-    backend = default_backend(args.device) if args.latency_backend == "auto" else args.latency_backend
-    if backend == "onnxruntime" and default_backend(args.device) != backend:
-        raise UsageError("--latency-backend onnxruntime: this onnxruntime has no CUDA provider "
-                         "(install onnxruntime-gpu, or use --latency-backend torch)")
+    try:
+        backend = resolve_backend(args.latency_backend, args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     costs = measure_costs(spec, args.device, runs=args.runs, threads=args.threads, model=build_model(spec),
                           backend=backend)
     out = {

@@ -7,8 +7,8 @@ import pytest
 from search_spaces import build_model, load_preset
 from search_spaces.spec import CORES, DECODERS, DOWNSAMPLERS
 from search_spaces.blocks import TVConv
-from trainers.costs import (count_deployed_params, count_gmacs, count_params, flop_analysis, measure_latency,
-                            measure_peak_memory_mb)
+from trainers.costs import count_deployed_params, count_gmacs, count_params, flop_analysis, measure_peak_memory_mb
+from trainers.timing import measure_latency
 
 from helpers import tiny_spec
 

@@ -7,7 +7,8 @@ from onnx import numpy_helper
 
 from search_spaces import build_model
 from search_spaces.blocks import TVConv
-from trainers.costs import measure_costs
+from trainers import costs
+from trainers.costs import default_backend, measure_costs, resolve_backend
 from trainers.deploy import max_difference, measure_onnx_latency, onnx_bytes, onnx_miou, session
 from trainers.data import load_data
 from trainers.train import evaluate
@@ -56,6 +57,19 @@ def test_onnx_latency_is_measured_after_the_graph_check():
     assert costs.latency_ms > 0
     with pytest.raises(ValueError, match="latency backend 'tflite'"):
         measure_costs(spec, runs=5, backend="tflite")
+
+
+def test_auto_prefers_the_exported_graph_where_onnx_runtime_serves_the_device(monkeypatch):
+    assert default_backend("cpu", []) == "onnxruntime"
+    assert default_backend("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "onnxruntime"
+    assert default_backend("cuda", ["CPUExecutionProvider"]) == "torch"
+    monkeypatch.setattr(costs, "available_providers", lambda: ["CPUExecutionProvider"])  # a CPU-only build
+    assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("torch", "cuda") == "torch"
+    assert resolve_backend("onnxruntime", "cpu") == "onnxruntime"
+    with pytest.raises(ValueError) as err:
+        resolve_backend("onnxruntime", "cuda", " for the GPU trials")
+    assert str(err.value) == ("--latency-backend onnxruntime: this onnxruntime has no CUDA provider for the GPU trials "
+                              "(install onnxruntime-gpu, or use --latency-backend torch)")
 
 
 def test_onnx_miou_equals_the_pytorch_evaluation():

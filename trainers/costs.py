@@ -10,8 +10,8 @@ Conventions (stated wherever a figure is shown):
 - params: trainable parameters; params_deployed: what inference needs (TVConv's cached per-pixel
   kernels instead of its generator and affinity maps, plus DUpsampling's fixed matrix).
 - latency_ms: batch 1, eval, inference mode, after warm-up, median of N timed runs with the IQR;
-  CUDA timed with events after synchronisation, CPU at a fixed thread count. Backend torch (eager)
-  or onnxruntime (the exported graph, `trainers.deploy`).
+  CUDA timed with events after synchronisation, CPU at a fixed thread count. Backend torch (eager,
+  `trainers.timing`) or onnxruntime (the exported graph, `trainers.deploy`): `BACKENDS` below.
 - peak_mem_mb: peak activation memory of one batch-1 inference, weights excluded. CUDA: the
   allocator's peak minus what was allocated before the call. CPU: the peak of the running sum of
   the profiler's allocation/free events during the call (repeatable to the byte).
@@ -19,11 +19,9 @@ Conventions (stated wherever a figure is shown):
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +30,8 @@ from search_spaces import ArchSpec, build_model
 from search_spaces.blocks import TVConv
 from search_spaces.blocks.dupsample import DUpsamplingDecoder
 
-from .gpu_share import DeviceLock
+from .deploy import available_providers, measure_onnx_latency
+from .timing import LatencyStats, example_input, measure_latency, timing_lock, warm_caches
 
 # Ops that cost no multiply-adds by this project's convention (see the module docstring).
 ZERO_COST_OPS = (
@@ -40,18 +39,6 @@ ZERO_COST_OPS = (
     "aten::relu_", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::im2col", "aten::max_pool2d",
     "aten::exp", "aten::transpose", "aten::reshape", "aten::view", "aten::feature_dropout",
 )
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    median_ms: float
-    iqr_ms: float
-    p10_ms: float
-    p90_ms: float
-    min_ms: float
-    runs: int
-    device: str
-    threads: int
 
 
 @dataclass(frozen=True)
@@ -66,19 +53,6 @@ class Costs:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def warm_caches(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> None:
-    """Run one eval forward so TVConv kernels are cached before anything is counted or timed."""
-    model.eval()
-    with torch.inference_mode():
-        model(example_input(spec, device))
-
-
-def example_input(spec: ArchSpec, device: str = "cpu", batch: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, spec.input.in_channels, spec.input.height, spec.input.width, generator=g)
-    return x.to(device)
 
 
 def einsum_macs(inputs: list, outputs: list) -> int:
@@ -131,57 +105,6 @@ def count_deployed_params(model: nn.Module) -> int:
     return total
 
 
-@contextlib.contextmanager
-def timing_lock(device: str) -> Iterator[DeviceLock]:
-    lock = DeviceLock(device)
-    try:
-        yield lock
-    finally:
-        lock.close()
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
-                    runs: int = 50, threads: int = 1) -> LatencyStats:
-    """Batch-1 eval latency: median and spread of `runs` timed forwards after `warmup`."""
-    model = model.to(device).eval()
-    x = example_input(spec, device)
-    times: list[float] = []
-    # on a shared GPU no neighbour trains or times while this one warms up and times
-    with torch_threads(threads), torch.inference_mode(), timing_lock(device) as lock, lock.exclusive():
-        for _ in range(warmup):
-            model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-            for _ in range(runs):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(runs):
-                t0 = time.perf_counter_ns()
-                model(x)
-                times.append((time.perf_counter_ns() - t0) / 1e6)
-    return latency_stats(times, device, threads)
-
-
-def latency_stats(times: list[float], device: str, threads: int) -> LatencyStats:
-    q = statistics.quantiles(times, n=20)  # 5 % steps: q[1] = p10, q[4] = p25, q[14] = p75, q[17] = p90
-    return LatencyStats(statistics.median(times), q[14] - q[4], q[1], q[17], min(times), len(times), device, threads)
-
-
 def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> float:
     """Peak activation memory (MB = 2^20 bytes) of one batch-1 inference, weights excluded."""
     model = model.to(device).eval()
@@ -232,7 +155,48 @@ def _cpu_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
-LATENCY_BACKENDS = ("torch", "onnxruntime")
+@dataclass(frozen=True)
+class LatencyBackend:
+    """One way to time a net. Every backend serves the CPU; one with a `cuda_provider` serves a GPU
+    only where ONNX Runtime has that provider, and says why not (`missing`) and what to do (`fix`)."""
+    name: str
+    measure: Callable[..., LatencyStats]  # (model, spec, device, warmup, runs, threads)
+    cuda_provider: str | None = None
+    missing: str = ""
+    fix: str = ""
+
+    def serves(self, device: str, providers: Sequence[str] | None = None) -> bool:
+        """Whether it can time on `device`, given ONNX Runtime's providers (this machine's unless given)."""
+        if self.cuda_provider is None or not device.startswith("cuda"):
+            return True
+        return self.cuda_provider in (available_providers() if providers is None else providers)
+
+
+BACKENDS = {b.name: b for b in (
+    LatencyBackend("torch", measure_latency),
+    LatencyBackend("onnxruntime", measure_onnx_latency, "CUDAExecutionProvider",
+                   missing="this onnxruntime has no CUDA provider",
+                   fix="install onnxruntime-gpu, or use --latency-backend torch"),
+)}
+LATENCY_BACKENDS = tuple(BACKENDS)
+# `auto` prefers the exported graph, since that is what a deployment runs; eager PyTorch serves everywhere.
+AUTO_ORDER = ("onnxruntime", "torch")
+
+
+def default_backend(device: str, providers: Sequence[str] | None = None) -> str:
+    """The latency backend `auto` means on `device`: the first of AUTO_ORDER that serves it."""
+    return next(name for name in AUTO_ORDER if BACKENDS[name].serves(device, providers))
+
+
+def resolve_backend(requested: str, device: str, where: str = "") -> str:
+    """`auto` as `default_backend` on this machine; a named backend as it is, or a one-line
+    ValueError where it cannot time on `device` here (`where` qualifies the device in it)."""
+    if requested == "auto":
+        return default_backend(device)
+    backend = BACKENDS[requested]
+    if not backend.serves(device):
+        raise ValueError(f"--latency-backend {backend.name}: {backend.missing}{where} ({backend.fix})")
+    return requested
 
 
 def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: int = 10,
@@ -242,13 +206,9 @@ def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: i
     model = build_model(spec) if model is None else model
     model.eval()
     gmacs = count_gmacs(model, spec)
-    if backend not in LATENCY_BACKENDS:
+    if backend not in BACKENDS:
         raise ValueError(f"latency backend {backend!r}: one of {', '.join(LATENCY_BACKENDS)}")
-    if backend == "onnxruntime":
-        from .deploy import measure_onnx_latency
-        lat = measure_onnx_latency(model, spec, device, warmup, runs, threads)
-    else:
-        lat = measure_latency(model, spec, device, warmup, runs, threads)
+    lat = BACKENDS[backend].measure(model, spec, device, warmup, runs, threads)
     with timing_lock(device) as lock, lock.shared():  # GPU work, so a neighbour's timing waits for it
         mem = measure_peak_memory_mb(model, spec, device)
     return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)

@@ -19,10 +19,10 @@ from torch import nn
 
 from search_spaces import ArchSpec
 
-from .costs import LatencyStats, example_input, latency_stats, timing_lock, warm_caches
 from .data import Split, to_float
 from .gpu_share import share_of_card
 from .metrics import SegMetrics, confusion_matrix
+from .timing import LatencyStats, example_input, latency_stats, timing_lock, warm_caches
 
 OPSET = 17
 
@@ -101,13 +101,12 @@ def check_active_provider(sess, device: str) -> None:
                            "libraries onnxruntime-gpu needs, or use --latency-backend torch")
 
 
-def default_backend(device: str) -> str:
-    """The latency backend `auto` means: ONNX Runtime where it has a provider for `device`, else PyTorch."""
+def available_providers() -> list[str]:
+    """ONNX Runtime's execution providers on this machine; which backend serves which device is
+    `trainers.costs.BACKENDS`."""
     import onnxruntime as ort
 
-    if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "torch"
-    return "onnxruntime"
+    return ort.get_available_providers()
 
 
 def session(graph: bytes | str | Path, device: str = "cpu", threads: int = 1):
