@@ -2,9 +2,9 @@
 
 Hypervolume is computed on normalised losses with one fixed reference point, so figures are
 comparable across runs of the same study size: loss(mIoU) = 1 - mIoU; loss(cost) = cost / scale,
-where `scale` is twice the ERFNet preset's cost at the study's input size (measured once when the
-study starts and stored in config.yaml). The reference point is 1 in every normalised objective:
-mIoU 0, or twice ERFNet's cost. Points beyond it add nothing.
+where `scale` is, per cost, twice the most expensive preset's cost at the deployment size (measured
+once when the study starts, kept in the study and in config.yaml). The reference point is 1 in every
+normalised objective: mIoU 0, or twice the costliest preset's cost. Points beyond it add nothing.
 """
 from __future__ import annotations
 
