@@ -23,6 +23,7 @@ from search_spaces.space import SearchSpace
 from trainers.data import SegData
 
 from .pareto import Objective
+from trainers.costs import BACKENDS, default_backend
 from trainers.gpu_share import is_fatal_cuda_error
 
 from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
@@ -270,12 +271,11 @@ def _settle_backend(cfg: SearchConfig) -> SearchConfig:
     if cuda and not facts["cuda"]:
         raise ClusterError(f"--device cuda: the workers holding a GPU share at {cfg.address} have no usable CUDA "
                            "device (use --device cpu to schedule by GPU shares alone)")
-    has_provider = not cuda or "CUDAExecutionProvider" in facts["providers"]
     backend = s.latency_backend
     if backend == "auto":
-        backend = "onnxruntime" if has_provider else "torch"
-    elif backend == "onnxruntime" and not has_provider:
-        raise ClusterError("--latency-backend onnxruntime: the workers' onnxruntime has no CUDA provider "
+        backend = default_backend(s.device, facts["providers"])
+    elif not BACKENDS[backend].serves(s.device, facts["providers"]):
+        raise ClusterError(f"--latency-backend {backend}: the workers' onnxruntime has no CUDA provider "
                            "(install onnxruntime-gpu there, or use --latency-backend torch)")
     return dataclasses.replace(cfg, settings=dataclasses.replace(s, latency_backend=backend))
 

@@ -79,3 +79,29 @@ def test_onnx_miou_equals_the_pytorch_evaluation():
     want = evaluate(model, data.val, data.info.num_classes, data.info.ignore_index)
     got = onnx_miou(session(onnx_bytes(model, spec)), data.val, data.info.num_classes, data.info.ignore_index)
     assert got.miou == pytest.approx(want.miou, abs=1e-6)
+
+
+def test_the_workers_backend_comes_from_the_one_table(monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    from nas import runner
+
+    cfg = type("Cfg", (), {})()
+    settings = type("S", (), {})()
+
+    def settled(device, requested, providers):
+        facts = {"cuda": True, "providers": providers}
+        monkeypatch.setattr(runner, "on_worker", lambda cfg, fn, *a: facts)
+        monkeypatch.setattr(dataclasses, "replace", lambda obj, **kw: {**getattr(obj, "__dict__", {}), **kw})
+        settings.device, settings.latency_backend = device, requested
+        cfg.settings, cfg.address = settings, "head:6379"
+        return runner._settle_backend(cfg)["settings"]["latency_backend"]
+
+    assert settled("cuda", "auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "onnxruntime"
+    assert settled("cuda", "auto", ["CPUExecutionProvider"]) == "torch"
+    assert settled("cpu", "auto", ["CPUExecutionProvider"]) == "onnxruntime"
+    assert settled("cuda", "torch", ["CPUExecutionProvider"]) == "torch"
+    with pytest.raises(runner.ClusterError, match="the workers' onnxruntime has no CUDA provider"):
+        settled("cuda", "onnxruntime", ["CPUExecutionProvider"])
