@@ -11,7 +11,8 @@ epochs) for many seeds at no training cost. One CSV row per net; columns:
   epoch to the end (no early stopping), so each epoch's mIoU is what a rung at that epoch sees.
 - miou_val_s1, miou_val_s2, miou_val (their mean), seconds_val: the validation protocol (10
   epochs, seeds 1000 and 1001, as the search's validated stage), for the first --validate-subset
-  nets of the pool (all by default; the pool's order is random, so a prefix is a random subset).
+  nets of the pool (all by default; the pool's order is random, so a prefix is a random subset),
+  or for the nets listed in --validate-list: those that replayed strategies report (replay.py).
 - gmacs, params, params_deployed, peak_mem_mb (exact, at 32x64, as a trial measures them);
   latency_ms, latency_iqr_ms: ONNX Runtime at one thread, as a trial times it, but beside whatever
   else ran (with --workers 2 the other net's training): a noisy figure, to re-time alone if used.
@@ -25,6 +26,7 @@ entered the validation subset since (that row is appended again; the last row of
     python benchmarks/space_table.py --quick   # 4 nets, 1 + 2 epochs, to space_table_quick.csv
     python benchmarks/space_table.py --validate-subset 0   # the search protocol for the whole pool first
     python benchmarks/space_table.py [--pool 600] [--validate-subset N]   # then validation, in pool order
+    python benchmarks/space_table.py --validate-subset 0 --validate-list results/bench/replay_needed.txt
     python benchmarks/space_table.py --summary   # scores against mIoU -> space_table_scores.csv
 """
 from __future__ import annotations
@@ -128,17 +130,15 @@ def read_table(path: Path) -> pd.DataFrame:
     return table.drop_duplicates(KEY, keep="last").sort_values(KEY).reset_index(drop=True)
 
 
-def plan(table: pd.DataFrame | None, pool_seed: int, pool: int, subset: int) -> list[tuple[int, str, bool]]:
-    """(index, stage, validate) of what is still to run: 'all' for nets without a row, 'validate'
-    for complete nets inside the validation subset that have no validated mIoU yet."""
+def plan(table: pd.DataFrame | None, pool_seed: int, pool: int, chosen: list[int]) -> list[tuple[int, str, bool]]:
+    """(index, stage, validate) of what is still to run: 'all' for nets without a row (in pool
+    order), then 'validate' for complete nets among `chosen` that have no validated mIoU yet (in
+    `chosen`'s order, so the nets a replay needs most go first)."""
     have = {} if table is None else {int(r.index): r for r in table[table["pool_seed"] == pool_seed].itertuples()}
-    todo = []
-    for i in range(pool):
-        r = have.get(i)
-        if r is None:
-            todo.append((i, "all", i < subset))
-        elif i < subset and r.status == "complete" and not np.isfinite(r.miou_val):
-            todo.append((i, "validate", True))
+    wanted = set(chosen)
+    todo = [(i, "all", i in wanted) for i in range(pool) if i not in have]
+    todo += [(i, "validate", True) for i in dict.fromkeys(chosen) if i in have and i < pool
+             and have[i].status == "complete" and not np.isfinite(have[i].miou_val)]
     return todo
 
 
@@ -200,6 +200,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=600, help="nets in the pool")
     p.add_argument("--pool-seed", type=int, default=0)
     p.add_argument("--validate-subset", type=int, default=None, help="validate the first N nets only (default: all)")
+    p.add_argument("--validate-list", default=None,
+                   help="validate these nets (a file of pool indices, most needed first; benchmarks/replay.py writes one)")
     p.add_argument("--epochs", type=int, default=3, help="search-protocol epochs")
     p.add_argument("--val-epochs", type=int, default=10)
     p.add_argument("--score-batch", type=int, default=32, help="images in the scores' minibatch")
@@ -232,6 +234,9 @@ def main() -> None:
         space = SearchSpace(InputSpec(height=32, width=64, in_channels=info.in_channels, num_classes=info.num_classes))
         specs = sample_specs(space, args.pool, args.pool_seed)
         subset = args.pool if args.validate_subset is None else min(args.validate_subset, args.pool)
+        chosen = list(range(subset))
+        if args.validate_list:
+            chosen = [int(i) for i in Path(args.validate_list).read_text().split()]
         rows = {} if table is None else {int(r["index"]): r.to_dict() for _, r in table.iterrows()
                                          if r["pool_seed"] == args.pool_seed}
         changed = [i for i, r in rows.items() if i < args.pool and json.loads(r["spec"]) != specs[i].to_dict()]
@@ -239,8 +244,8 @@ def main() -> None:
             sys.exit(f"{log}: nets {changed[:5]} are not this code's pool of seed {args.pool_seed}; use another --out")
         jobs = [{"pool_seed": args.pool_seed, "index": i, "stage": stage, "validate": validate, "threads": args.threads,
                  "spec": json.dumps(specs[i].to_dict()), "row": rows.get(i) if stage == "validate" else None, **protocol}
-                for i, stage, validate in plan(table, args.pool_seed, args.pool, subset)]
-        print(f"pool of {args.pool} (seed {args.pool_seed}), {subset} validated: {len(jobs)} jobs to run  [{machine()}]",
+                for i, stage, validate in plan(table, args.pool_seed, args.pool, chosen)]
+        print(f"pool of {args.pool} (seed {args.pool_seed}), {len(chosen)} chosen for validation: {len(jobs)} jobs to run  [{machine()}]",
               flush=True)
         run_logged(measure, jobs, log, args.workers, show=lambda r: (
             f"net {r['index']} {r['status']} {r['tag']} gmacs {r['gmacs']:.4g} search {r['miou_search']:.4f} "

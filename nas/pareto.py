@@ -5,6 +5,11 @@ comparable across runs of the same study size: loss(mIoU) = 1 - mIoU; loss(cost)
 where `scale` is, per cost, twice the most expensive preset's cost at the deployment size (measured
 once when the study starts, kept in the study and in config.yaml). The reference point is 1 in every
 normalised objective: mIoU 0, or twice the costliest preset's cost. Points beyond it add nothing.
+
+On linear costs every net far cheaper than the presets gets nearly the whole cost axis, so a net ten
+times cheaper than another barely counts; `log_losses` scales each cost by its order of magnitude
+instead (the same reference point, `LOG_DECADES` decades below it reach loss 0), which is the scale
+the comparisons of strategies use (docs/searching.md, "Which hypervolume").
 """
 from __future__ import annotations
 
@@ -50,6 +55,21 @@ def losses(values: Sequence[float], objectives: Sequence[Objective], scales: dic
     out = []
     for v, o in zip(values, objectives):
         out.append(1.0 - v if o.direction == "maximize" else v / scales[o.key])
+    return np.asarray(out, dtype=float)
+
+
+LOG_DECADES = 3.0  # costs this many orders of magnitude below the reference get loss 0 on the log scale
+
+
+def log_losses(values: Sequence[float], objectives: Sequence[Objective], scales: dict[str, float],
+               decades: float = LOG_DECADES) -> np.ndarray:
+    """Like `losses`, with each cost on a log scale: 1 + log10(cost / scale) / decades, floored at 0."""
+    out = []
+    for v, o in zip(values, objectives):
+        if o.direction == "maximize":
+            out.append(1.0 - v)
+        else:
+            out.append(max(0.0, 1.0 + np.log10(max(float(v), 1e-30) / scales[o.key]) / decades))
     return np.asarray(out, dtype=float)
 
 

@@ -186,7 +186,7 @@ def search(cfg: st.SearchConfig) -> int:
     space = st.study_space(data, cfg.height, cfg.width)
     cfg = runner.settle_on_workers(cfg)
     with st.locked_run_dir(cfg) as run_dir:
-        study = st.open_study(cfg)
+        study = st.open_study(cfg, space)
         fresh = len(study.trials) == 0
         if not fresh and not cfg.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")

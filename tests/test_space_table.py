@@ -73,8 +73,14 @@ def _row(index, status="complete", miou_val=math.nan, pool_seed=0):
 
 def test_plan_skips_what_is_there_and_validates_what_entered_the_subset():
     table = pd.DataFrame([_row(0, miou_val=0.3), _row(1), _row(2, status="failed"), _row(5, pool_seed=1)])
-    assert st.plan(table, 0, 5, 2) == [(1, "validate", True), (3, "all", False), (4, "all", False)]
-    assert st.plan(None, 0, 2, 0) == [(0, "all", False), (1, "all", False)]
+    assert st.plan(table, 0, 5, [0, 1]) == [(3, "all", False), (4, "all", False), (1, "validate", True)]
+    assert st.plan(None, 0, 2, []) == [(0, "all", False), (1, "all", False)]
+
+
+def test_plan_validates_a_chosen_list_in_its_order():
+    table = pd.DataFrame([_row(0), _row(1), _row(2, miou_val=0.3), _row(3)])
+    assert st.plan(table, 0, 6, [3, 2, 0, 5]) == [(4, "all", False), (5, "all", True), (3, "validate", True),
+                                                  (0, "validate", True)]
 
 
 def test_read_table_keeps_the_last_row_of_a_key(tmp_path):

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from nas.pareto import parse_objectives
+from nas.records import StudyKey
 from nas.strategy import FrontLocalSampler, features
 from nas.study import make_sampler
 from search_spaces import InputSpec
@@ -27,11 +28,14 @@ def fake_outcome(params: dict) -> list[float]:
     return [float(1 / (1 + np.exp(-0.2 * f @ w[1]))), 0.01 * cost, 0.5 * cost, 3.0 * cost]
 
 
-def run(sampler, n: int, on_ask=None, stop_every: int = 0) -> list[dict]:
+def run(sampler, n: int, on_ask=None, stop_every: int = 0, scales: dict | None = None) -> list[dict]:
     """A synthetic study of `n` trials sampled through the search space, as the search samples them;
     with `stop_every` k, every k-th trial is early-stopped after 1 epoch (told PRUNED, its short
-    training's lower mIoU kept), as successive halving does."""
+    training's lower mIoU kept), as successive halving does. `scales`: the study's hypervolume
+    reference, where the sampler reads it."""
     study = optuna.create_study(directions=[o.direction for o in OBJECTIVES], sampler=sampler)
+    if scales:
+        study.set_user_attr(StudyKey.HYPERVOLUME_SCALES, scales)
     proposals = []
     for i in range(n):
         with warnings.catch_warnings():
@@ -43,6 +47,7 @@ def run(sampler, n: int, on_ask=None, stop_every: int = 0) -> list[dict]:
         values = fake_outcome(trial.params)
         for o, v in zip(OBJECTIVES, values):
             trial.set_user_attr(o.key, v)
+        trial.set_user_attr("status", "complete")
         if stop_every and i % stop_every == stop_every - 1:
             trial.set_user_attr("status", "stopped")
             trial.set_user_attr("epochs", 1)

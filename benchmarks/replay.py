@@ -1,0 +1,322 @@
+"""Replay search strategies on the tabular benchmark of the space (results/bench/space_table.csv).
+
+Each strategy decides which pool nets to train and for how many epochs; the table says what each
+epoch's search-protocol mIoU would be, so a run costs milliseconds and dozens of paired seeds are
+cheap. Compute is charged in epochs of the training set (epochs x images; every net sees the same
+images), and every strategy gets the same budget: what random search spends training `--nets` nets
+for the full 3 epochs. A run reports what the live search would: the front of its fully trained
+nets by search-protocol mIoU and exact costs, at most `VAL_MAX` of them (by crowding distance) go
+to the validated stage, and its score is the hypervolume of those nets at their validated mIoU
+(the table's mean of two seeds, 10 epochs) — on log-scaled costs (the comparisons' scale) and on
+linear ones. The validated stage costs every strategy the same, so it is not charged.
+
+Objectives: mIoU, GMACs and peak activation memory. The table's latency was timed beside another
+training, too noisy to rank nets by; GMACs and memory are exact. The presets are not in the pool.
+
+    python benchmarks/replay.py                 # every strategy, 50 paired seeds -> replay.csv
+    python benchmarks/replay.py --seeds 100 --nets 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS, machine  # noqa: E402
+from nas.pareto import OBJECTIVES, crowding_distances, hypervolume, log_losses, losses, non_domination_ranks  # noqa: E402
+from nas.promotion import promotes, rungs  # noqa: E402
+from nas.screening import Ensemble, expected_gains, quantiles  # noqa: E402
+
+OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"], OBJECTIVES["memory"])
+COSTS = [o.key for o in OBJS[1:]]
+EPOCHS = 3
+VAL_MAX = 12  # the search's default --val-max
+SCORE = "naswot"  # screening's score: see the README's table of training-free scores
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The table's nets that have every figure a replay needs."""
+    index: np.ndarray  # the table's index of each net
+    curve: np.ndarray  # (nets, EPOCHS) search-protocol mIoU after each epoch
+    val: np.ndarray  # validated mIoU; NaN where the table has none yet
+    costs: np.ndarray  # (nets, costs) exact, in COSTS order
+    x: np.ndarray  # encoding + log costs: what the live predictor sees before training
+    xs: np.ndarray  # and the score quantiles
+    code: np.ndarray  # the encoding alone, for local search's distances
+    score: np.ndarray  # SCORE's quantile, adjusted for GMACs (residual of its rank on log GMACs')
+    scales: dict  # the hypervolume reference of each cost
+
+    def __len__(self) -> int:
+        return len(self.val)
+
+
+def load_pool(path: Path, scales: dict) -> Pool:
+    from nas.strategy import features
+    from search_spaces import ArchSpec
+    from search_spaces.space import SearchSpace
+    from trainers.scores import NAMES
+
+    t = pd.read_csv(path).drop_duplicates(["pool_seed", "index"], keep="last")
+    t = t[(t["status"] == "complete") & t[f"miou_e{EPOCHS}"].notna()].sort_values("index").reset_index(drop=True)
+    specs = [ArchSpec.from_dict(json.loads(s)) for s in t["spec"]]
+    space = SearchSpace(specs[0].input)
+    code = np.array([features(space.encode(s)) for s in specs])
+    costs = t[COSTS].to_numpy(float)
+    q = quantiles(t[list(NAMES)].to_numpy(float))
+    lg = np.log(costs[:, :1])
+    fit = np.column_stack([np.ones(len(t)), lg])
+    s = q[:, list(NAMES).index(SCORE)]
+    adjusted = s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
+    return Pool(index=t["index"].to_numpy(int), curve=t[[f"miou_e{e}" for e in range(1, EPOCHS + 1)]].to_numpy(float), val=t["miou_val"].to_numpy(float),
+                costs=costs, x=np.column_stack([code, np.log(costs)]), xs=np.column_stack([code, np.log(costs), q]), code=code, score=adjusted, scales=scales)
+
+
+class Run:
+    """One strategy's run: which nets reached which epoch, and the compute spent."""
+
+    def __init__(self, pool: Pool, budget: int, rng: np.random.Generator):
+        self.pool, self.budget, self.rng = pool, budget, rng
+        self.reached = np.zeros(len(pool), dtype=int)
+        self.spent = 0
+        self.rung_rows: dict[int, list] = {}
+
+    def affords(self, epochs: int) -> bool:
+        return self.spent + epochs <= self.budget
+
+    def train(self, i: int, to: int) -> None:
+        self.spent += to - self.reached[i]
+        self.reached[i] = to
+
+    def untried(self) -> np.ndarray:
+        return np.flatnonzero(self.reached == 0)
+
+    def draw(self, k: int) -> np.ndarray:
+        free = self.untried()
+        return self.rng.choice(free, size=min(k, len(free)), replace=False)
+
+    def lin(self, i: int, miou: float) -> np.ndarray:
+        return losses([miou, *self.pool.costs[i]], OBJS, self.pool.scales)
+
+    def log(self, i: int, miou: float) -> np.ndarray:
+        return log_losses([miou, *self.pool.costs[i]], OBJS, self.pool.scales)
+
+    def full(self, eta: int | None = None, i: int | None = None) -> None:
+        """Train net i to the last epoch, or (eta given) as successive halving would: stop it at a
+        rung unless it is among the best 1/eta there (nas.promotion's rule, one trial at a time)."""
+        for r in rungs(EPOCHS, eta) if eta else []:
+            if not self.affords(r - self.reached[i]):
+                return
+            self.train(i, r)
+            rows = self.rung_rows.setdefault(r, [])
+            rows.append(self.lin(i, self.pool.curve[i, r - 1]))
+            if not promotes(len(rows) - 1, np.array(rows), eta):
+                return
+        if self.affords(EPOCHS - self.reached[i]):
+            self.train(i, EPOCHS)
+
+    def front(self, scale: str = "log") -> np.ndarray:
+        """The search-protocol front of the fully trained nets, as normalised loss rows."""
+        done = np.flatnonzero(self.reached == EPOCHS)
+        rows = np.array([(self.log if scale == "log" else self.lin)(i, self.pool.curve[i, -1]) for i in done])
+        return rows[non_domination_ranks(rows) == 0] if len(rows) else rows.reshape(0, len(OBJS))
+
+    def reported(self) -> np.ndarray:
+        """What the validated stage would train: the front's nets, at most VAL_MAX by crowding."""
+        done = np.flatnonzero(self.reached == EPOCHS)
+        if not len(done):
+            return done
+        rows = np.array([self.lin(i, self.pool.curve[i, -1]) for i in done])
+        front = done[non_domination_ranks(rows) == 0]
+        if len(front) > VAL_MAX:
+            crowd = crowding_distances(np.array([self.lin(i, self.pool.curve[i, -1]) for i in front]))
+            front = front[np.argsort(-crowd, kind="stable")[:VAL_MAX]]
+        return front
+
+    def validated_hv(self, scale: str) -> float:
+        """NaN while a reported net has no validated mIoU in the table."""
+        f = self.log if scale == "log" else self.lin
+        reported = self.reported()
+        if np.isnan(self.pool.val[reported]).any():
+            return float("nan")
+        return hypervolume(f(i, self.pool.val[i]) for i in reported)
+
+
+# --- the strategies: each spends run.budget ---------------------------------------------------
+def random_search(run: Run) -> None:
+    for i in run.draw(len(run.pool)):
+        if not run.affords(EPOCHS):
+            return
+        run.full(None, i)
+
+
+def halving(eta: int):
+    def strategy(run: Run) -> None:
+        for i in run.draw(len(run.pool)):
+            if not run.affords(1):
+                return
+            run.full(eta, i)
+    return strategy
+
+
+def _guided(pick, eta: int = 2, startup: int = 4, first: int = 32, refill: int = 2):
+    """A sampler that chooses each next net with `pick(run, candidates)` (a pool index) among the
+    untried nets revealed so far: `first` at the start and `refill` more per net started, as the
+    live sampler measures a pool's costs (nas.screening); successive halving decides how long
+    each net trains, as the search's executor does."""
+    def strategy(run: Run) -> None:
+        order = run.draw(len(run.pool))
+        revealed = first
+        while run.affords(1) and len(run.untried()):
+            cands = np.array([i for i in order[:revealed] if run.reached[i] == 0] or run.untried()[:1])
+            started = int((run.reached > 0).sum())
+            i = cands[0] if started < startup else pick(run, cands)
+            run.full(eta, int(i))
+            revealed += refill
+    return strategy
+
+
+def _stratified(run: Run, cands: np.ndarray) -> int:
+    """The candidate in the widest gap of the front along a randomly chosen (log) cost."""
+    j = int(run.rng.integers(len(COSTS)))
+    front = run.front()
+    edges = np.sort(np.concatenate([[0.0, 1.0], front[:, 1 + j]])) if len(front) else np.array([0.0, 1.0])
+    c = np.array([run.log(i, 0.0)[1 + j] for i in cands])
+    slot = np.clip(np.searchsorted(edges, c), 1, len(edges) - 1)
+    return int(cands[np.argmax(edges[slot] - edges[slot - 1])])
+
+
+def _screened(run: Run, cands: np.ndarray) -> int:
+    return int(cands[np.argmax(run.pool.score[cands])])
+
+
+def _predicted(run: Run, cands: np.ndarray, scores: bool = False) -> int:
+    """Largest expected hypervolume gain, mIoU from a bootstrap ensemble fitted on every net trained
+    so far (at the epoch it reached, flagged), predicted as if fully trained."""
+    seen = np.flatnonzero(run.reached > 0)
+    flags = np.array([[float(run.reached[i] == e) for e in range(1, EPOCHS)] for i in seen])
+    pool_x = run.pool.xs if scores else run.pool.x
+    x = np.column_stack([pool_x[seen], flags])
+    y = 1.0 - run.pool.curve[seen, run.reached[seen] - 1]
+    model = Ensemble(x, y, run.rng)
+    samples = model.samples(np.column_stack([pool_x[cands], np.zeros((len(cands), EPOCHS - 1))]))
+    costs = np.array([run.log(i, 0.0)[1:] for i in cands])
+    return int(cands[np.argmax(expected_gains(run.front(), costs, np.clip(samples, 0.0, 1.0)))])
+
+
+def _local(run: Run, cands: np.ndarray) -> int:
+    """A candidate near a front member (one or two choices away), or a random one a quarter of the time."""
+    front = np.flatnonzero(run.reached == EPOCHS)
+    if run.rng.random() < 0.25 or not len(front):
+        return int(cands[0])
+    rows = np.array([run.log(i, run.pool.curve[i, -1]) for i in front])
+    members = front[non_domination_ranks(rows) == 0]
+    parent = members[run.rng.integers(len(members))]
+    free = run.untried()
+    d = np.abs(run.pool.code[free] - run.pool.code[parent]).sum(1)
+    near = free[np.argsort(d, kind="stable")[:3]]
+    return int(near[run.rng.integers(len(near))])
+
+
+STRATEGIES = {
+    "random": random_search,
+    "halving": halving(2),
+    "halving_wide": halving(4),
+    "stratified": _guided(_stratified),
+    "screen": _guided(_screened),
+    "predictor": _guided(_predicted),
+    "predictor_scores": _guided(lambda run, cands: _predicted(run, cands, scores=True)),
+    "local": _guided(_local),
+}
+
+
+def replay(pool: Pool, name: str, nets: int, seed: int) -> dict:
+    run = Run(pool, nets * EPOCHS, np.random.default_rng([seed, 7]))
+    STRATEGIES[name](run)
+    return {"strategy": name, "seed": seed, "nets": nets, "spent_epochs": run.spent,
+            "reported": " ".join(str(pool.index[i]) for i in run.reported()),
+            "trained": int((run.reached > 0).sum()), "full": int((run.reached == EPOCHS).sum()),
+            "hv_log": run.validated_hv("log"), "hv_lin": run.validated_hv("lin")}
+
+
+def paired_ratio(runs: pd.DataFrame, name: str, column: str, rng: np.random.Generator, draws: int = 4000):
+    """Mean HV of `name` over random's on the same seeds, with a 95 % bootstrap interval over seeds."""
+    a = runs[runs.strategy == name].set_index("seed")[column]
+    b = runs[runs.strategy == "random"].set_index("seed")[column].loc[a.index]
+    idx = rng.integers(0, len(a), (draws, len(a)))
+    boot = a.to_numpy()[idx].mean(1) / b.to_numpy()[idx].mean(1)
+    return a.mean() / b.mean(), *np.percentile(boot, [2.5, 97.5])
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for (nets, name), g in runs.groupby(["nets", "strategy"], sort=False):
+        row = {"nets": nets, "strategy": name, "seeds": len(g), "spent_epochs": g.spent_epochs.mean(),
+               "trained": g.trained.mean()}
+        for col in ("hv_log", "hv_lin"):
+            ratio, lo, hi = paired_ratio(runs[runs.nets == nets], name, col, rng)
+            row.update({col: g[col].mean(), f"{col}_sd": g[col].std(), f"{col}_ratio": ratio,
+                        f"{col}_lo": lo, f"{col}_hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def needed(runs: pd.DataFrame, pool: Pool) -> list[int]:
+    """Table indices of reported nets without a validated mIoU, the most often reported first."""
+    counts = pd.Series(" ".join(runs["reported"]).split()).astype(int).value_counts()
+    have = set(pool.index[~np.isnan(pool.val)])
+    return [int(i) for i in counts.index if i not in have]
+
+
+def reference_scales() -> dict:
+    """The search's hypervolume reference at 32x64: twice the costliest preset's GMACs and memory
+    (both exact, as nas.study.reference_scales measures them; no latency needed here)."""
+    from search_spaces import build_model, load_preset
+    from search_spaces.presets import PRESET_NAMES
+    from trainers.costs import count_gmacs, measure_peak_memory_mb
+
+    specs = [load_preset(n, 32, 64, 8, 3) for n in PRESET_NAMES]
+    gmacs = [count_gmacs(build_model(s).eval(), s) for s in specs]
+    memory = [measure_peak_memory_mb(build_model(s), s) for s in specs]
+    return {"gmacs": 2.0 * max(gmacs), "peak_mem_mb": 2.0 * max(memory)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", default=str(RESULTS / "space_table.csv"))
+    p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--nets", default="20", help="budgets, comma list: random search's nets at full training")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    args = p.parse_args()
+    pool = load_pool(Path(args.table), reference_scales())
+    start = time.perf_counter()
+    runs = pd.DataFrame([replay(pool, name, int(n), seed) for n in args.nets.split(",")
+                         for name in args.strategies.split(",") for seed in range(args.seeds)])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(RESULTS / "replay_runs.csv", index=False)
+    missing = needed(runs, pool)
+    if len(missing):
+        (RESULTS / "replay_needed.txt").write_text("\n".join(map(str, missing)) + "\n")
+        print(f"{len(missing)} reported nets have no validated mIoU yet, most reported first in "
+              f"{RESULTS / 'replay_needed.txt'}: validate them with space_table.py --validate-list; "
+              f"{int(runs.hv_log.notna().sum())} of {len(runs)} runs are scored")
+        runs = runs[runs.groupby(["nets", "seed"]).hv_log.transform(lambda v: v.notna().all())]  # keep the pairs whole
+        if runs.empty:
+            return
+    summary = summarise(runs)
+    summary.to_csv(RESULTS / "replay.csv", index=False)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\npool of {len(pool)} validated nets; {len(runs)} runs in {time.perf_counter() - start:.0f} s  "
+          f"[{machine()}]\nwrote {RESULTS / 'replay.csv'}")
+
+
+if __name__ == "__main__":
+    main()
