@@ -1,6 +1,5 @@
 """The validated final stage: which trials are validated, the front and best.yaml from validated values,
 the isolated latency in place of the in-trial one, and a kill during validation losing nothing."""
-import dataclasses
 import math
 
 import optuna
@@ -139,7 +138,7 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
         real(cfg_, jobs, data_ref, protocol, record, fits)
 
     monkeypatch.setattr(runner, "run_validation", counting)
-    assert search(dataclasses.replace(cfg, resume=True)) == 0
+    assert search(cfg.replace(resume=True)) == 0
     after = {k: v for k, v in study_attrs().items() if k.startswith("validated:")}
     assert {k: after[k] for k in before} == before  # kept, not retrained
     assert len(resumed_jobs) == len(first_jobs) - 2
