@@ -42,8 +42,9 @@ from benchmarks.common import RESULTS, machine, save  # noqa: E402
 from nas import validate as val  # noqa: E402
 from nas.records import STUDY_DB, Status, StudyKey, TrialKey, storage_url, validated_key  # noqa: E402
 from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
-from nas.search import build_parser, config_from_args, search, validate_front  # noqa: E402
+from nas.search import build_parser, config_from_args, search  # noqa: E402
 from nas.strategy import active_key  # noqa: E402
+from nas.validated_stage import ValidatedStage  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
@@ -83,8 +84,9 @@ def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache,
                           scales: dict) -> tuple[float, float, list[int]]:
     """Validate the run's candidates as the search's final stage does (on the one validation data
     set, reusing cached trainings); returns (HV, validation seconds / 2, the validated trials)."""
-    validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
-    numbers = val.candidates(study, OBJECTIVES, cfg.options.noise, cfg.options.val_max)
+    stage = ValidatedStage(cfg, study, cache)
+    stage.run(load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None)
+    numbers = stage.candidates
     seconds = sum(study.user_attrs.get(validated_key(n, s), {}).get("seconds", 0.0)
                   for n in numbers for s in cfg.protocol.seeds)
     return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, numbers

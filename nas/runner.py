@@ -3,8 +3,9 @@
 The Optuna study (`nas.study`) holds the truth; this module only executes. Ray Tune asks the study
 for each trial through a Searcher (ask), runs it in a worker with its resources, stops the ones
 multi-objective successive halving ranks low (`nas.promotion`), and the outcome is told back
-(`record_outcome`). The validation stage's trainings run here too, as plain Ray tasks. The data
-set is put in Ray's object store once and mapped by every trial.
+(`record_outcome`). Other work that needs a trial's resources (the validated stage's trainings,
+timings) runs here as plain Ray tasks. The data set is put in Ray's object store once and mapped
+by every trial.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from trainers.gpu_share import is_fatal_cuda_error
 
 from .config import SearchConfig
 from .records import Status
-from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
+from .services import DriverServices, worker_attempt, worker_reconstruction
 from .study import Heartbeat, record_outcome, requeue
 from .trial import TrialSettings, evaluate_trial
 
@@ -143,50 +144,38 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     return searcher.lost
 
 
-def publish_reconstructions(jobs: list, data: SegData) -> dict[str, object]:
-    """DUpsampling's W for each validation job that needs one, fitted here once per key and put in
-    the object store: job key -> reference."""
+def put(value) -> object:
+    """`value` in Ray's object store, for tasks to map rather than each receive a copy; returns its reference."""
     import ray
 
-    refs, by_key = {}, {}
-    for job in jobs:
-        spec = ArchSpec.from_dict(job.spec)
-        key = reconstruction_key(spec, data.info.ignore_index, job.seed)
-        if key is not None:
-            if key not in by_key:
-                by_key[key] = ray.put(fit_for(spec, data, job.seed))
-            refs[job.key] = by_key[key]
-    return refs
+    return ray.put(value)
 
 
-def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Callable[[object, dict], None],
-                   reconstructions: dict | None = None) -> None:
-    """Run the validation trainings as Ray tasks (a worker that dies is retried once); `record`
-    stores each result as soon as it arrives, so a kill loses only the trainings in flight.
-    `reconstructions` maps a job's key to the object-store reference of its DUpsampling W."""
+def run_tasks(cfg: SearchConfig, fn: Callable[..., dict], calls: list[tuple], record: Callable[[int, dict], None]) -> None:
+    """`fn(*args)` for each of `calls`, all at once as Ray tasks with one trial's resources (Ray
+    resolves object references among the args); `record(i, result)` as each arrives, so a kill loses
+    only the tasks in flight. A worker that dies is retried once; dying twice is a failed result."""
     import ray
 
-    task = _trial_task(cfg, _validation_task)
-    fits = reconstructions or {}
-    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, fits.get(job.key)): job for job in jobs}
+    task = _trial_task(cfg, _task)
+    in_flight = {task.remote(fn, *args): i for i, args in enumerate(calls)}
     while in_flight:
         done, _ = ray.wait(list(in_flight), num_returns=1)
-        job = in_flight.pop(done[0])
+        i = in_flight.pop(done[0])
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the worker died twice
             result = {"status": Status.FAILED, "reason": f"worker process died: {type(exc).__name__}"}
-        record(job, result)
+        record(i, result)
 
 
-def _validation_task(job, data, protocol, settings, reconstruction):
-    from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
-
+def _task(fn: Callable[..., dict], *args) -> dict:
+    """In a worker: `fn(*args)`'s result, with the node it ran on."""
     import ray
 
     try:
-        result = {**train_job(job, data, protocol, settings, reconstruction), "node": ray.get_runtime_context().get_node_id()}
-    except Exception as exc:  # outside the training's own handling (its clean-up, say): still a sticky error?
+        result = {**fn(*args), "node": ray.get_runtime_context().get_node_id()}
+    except Exception as exc:  # outside fn's own handling (its clean-up, say): still a sticky error?
         if is_fatal_cuda_error(exc):
             os._exit(70)
         raise

@@ -12,15 +12,16 @@ import pandas as pd
 
 from trainers.costs import LATENCY_BACKENDS, resolve_backend
 from trainers.data import load_data
-from trainers.train import PRECISIONS, write_checkpoint
+from trainers.train import PRECISIONS
 
-from . import runner, study as st, validate as val
+from . import runner, study as st
 from .cli import UsageError, parse_net_size, run
 from .config import Resources, RunOptions, SearchConfig, TrialMeaning
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .records import Status, StudyKey
 from .report import validation_summary, write_results
 from .trial import Constraints, TrialSettings
+from .validated_stage import ValidatedStage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +188,7 @@ def search(cfg: SearchConfig) -> int:
         remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
         print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
+        stage = ValidatedStage(cfg, study) if cfg.meaning.validate else None
         validation, data_ref = None, None
         try:
             while remaining:
@@ -203,13 +205,12 @@ def search(cfg: SearchConfig) -> int:
                     break
             print()
             print(progress.line())
-            if cfg.meaning.validate:
-                validate_front(cfg, study, data, data_ref)
+            if stage is not None:
+                stage.run(data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
-            if cfg.meaning.validate:
-                validation = val.summarise(study, val.candidates(study, cfg.objectives, cfg.options.noise, cfg.options.val_max),
-                                           cfg.protocol, cfg.objectives)
+            if stage is not None:
+                validation = stage.summarise()
             front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.options.pick, validation)
         if validation is not None:
             print("\n".join(validation_summary(validation)))
@@ -222,47 +223,6 @@ def search(cfg: SearchConfig) -> int:
         if cfg.resources.artifacts_uri:
             print(f"copied the run folder to {runner.publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
     return 0
-
-
-def validate_front(cfg: SearchConfig, study: optuna.Study, data, data_ref, cache=None) -> None:
-    """The validated final stage: retrain the candidates at the validation protocol (what is not
-    yet in the study), then re-measure their latency with nothing else running. `cache` (an object
-    with get(job) -> result | None and add(job, result)) lets many studies share trainings that are
-    the same (same net, seed and data), as a benchmark comparing searches does."""
-    numbers = val.candidates(study, cfg.objectives, cfg.options.noise, cfg.options.val_max)
-    jobs = val.pending_jobs(study, numbers, cfg.protocol)
-    if cache is not None:
-        known = {job.key: cache.get(job) for job in jobs}
-        for key, result in known.items():
-            if result is not None:
-                study.set_user_attr(key, result)
-        jobs = [job for job in jobs if known[job.key] is None]
-    if jobs:
-        p = cfg.protocol
-        if (p.height, p.width) != (cfg.meaning.height, cfg.meaning.width):
-            data, data_ref = load_data(cfg.meaning.data, p.height, p.width, seed=cfg.meaning.seed), None
-        if data_ref is None:
-            data, data_ref = runner.share_data(cfg, data)
-        print(f"validating {len(numbers)} nets at {p.label()}: {len(jobs)} trainings to run")
-        done = []
-
-        def record(job: val.Job, result: dict) -> None:
-            checkpoint = result.pop("checkpoint", None)  # made by a worker, kept by the driver
-            if checkpoint is not None:
-                write_checkpoint(val.weights_path(cfg.run_dir, job.number, job.seed), checkpoint)
-            study.set_user_attr(job.key, result)
-            if cache is not None and result["status"] == Status.COMPLETE:  # a failure is retried by a re-run
-                cache.add(job, result)
-            done.append(job)
-            if not cfg.options.quiet:
-                what = f"mIoU {result['miou']:.4f}" if result["status"] == Status.COMPLETE else result["reason"]
-                print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
-
-        runner.run_validation(cfg, jobs, data_ref, p, record, runner.publish_reconstructions(jobs, data))
-    pending = val.isolated_latency_pending(study, numbers, cfg.settings)
-    if pending:
-        for key, latency in runner.on_worker(cfg, val.measure_isolated_latency, pending, cfg.settings).items():
-            study.set_user_attr(key, latency)
 
 
 def _scales(cfg: SearchConfig, study: optuna.Study, space) -> dict[str, float]:
