@@ -126,8 +126,14 @@ _RECORD_ORDER = ("study", "out", "budget", "objectives", "settings", "data", "he
                  "val_width", "val_epochs", "val_seeds", "noise", "val_max")
 
 
+def _forward(part: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, part), name), doc=f"{part}.{name}")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
+    """A search's configuration: its three parts, and what derives from them (run folder, study URL, driver)."""
+
     meaning: TrialMeaning
     resources: Resources
     options: RunOptions
@@ -150,30 +156,13 @@ class SearchConfig:
             raise TypeError(f"SearchConfig has no field {', '.join(changes)}")
         return SearchConfig(**parts)
 
-    # the fields most call sites read
-    @property
-    def objectives(self) -> tuple[Objective, ...]:
-        return self.meaning.objectives
-
-    @property
-    def settings(self) -> TrialSettings:
-        return self.meaning.settings
-
-    @property
-    def study(self) -> str:
-        return self.options.study
-
-    @property
-    def budget(self) -> int:
-        return self.options.budget
-
-    @property
-    def protocol(self) -> Protocol:
-        return self.meaning.protocol
-
-    @property
-    def deploy_label(self) -> str:
-        return self.meaning.deploy_label
+    # the fields most call sites read, without naming their part
+    objectives = _forward("meaning", "objectives")
+    settings = _forward("meaning", "settings")
+    protocol = _forward("meaning", "protocol")
+    deploy_label = _forward("meaning", "deploy_label")
+    study = _forward("options", "study")
+    budget = _forward("options", "budget")
 
     @property
     def run_dir(self) -> Path:
