@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.bench_search import _trial_phase_seconds  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 from nas.pareto import counted_trials  # noqa: E402
-from nas.records import TrialKey  # noqa: E402
+from nas.records import TrialKey, storage_url  # noqa: E402
 from nas.services import fit_for, reconstruction_key  # noqa: E402
 from ray_cluster import LoopbackCluster, namespaces_supported, ray_env  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
@@ -136,7 +136,7 @@ def run(workers: int, args: argparse.Namespace, work: Path, data) -> list[dict]:
 
     import optuna
     run_dir = out / study
-    trials = counted_trials(optuna.load_study(study_name=study, storage=f"sqlite:///{run_dir / 'study.db'}"))
+    trials = counted_trials(optuna.load_study(study_name=study, storage=storage_url(run_dir)))
     phase = _trial_phase_seconds(run_dir)
     assert all(v == [] for v in views.values()), f"a worker node wrote into the run folder: {views}"
     rows = []

@@ -12,7 +12,6 @@ on this machine, whatever the scheduler: two trainings share the memory bandwidt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import sample_specs, save  # noqa: E402
+from nas.records import storage_url  # noqa: E402
 from nas.search import build_parser, config_from_args, search  # noqa: E402
 from nas.study import study_space  # noqa: E402
 from nas.trial import TrialSettings, evaluate_trial  # noqa: E402
@@ -36,7 +36,7 @@ CORES = os.cpu_count() or 1
 def _trial_phase_seconds(run_dir: Path) -> float:
     """From the first trial's start to the last trial's end, read off the study's timestamps."""
     import optuna
-    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'study.db'}")
+    study = optuna.load_study(study_name=run_dir.name, storage=storage_url(run_dir))
     starts = [t.datetime_start for t in study.trials if t.datetime_start]
     ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
     return (max(ends) - min(starts)).total_seconds()
@@ -136,7 +136,7 @@ def main() -> None:
                 ["--budget", str(args.budget), "--epochs", str(args.epochs), "--out", out, "--study", f"c{conc}",
                  "--max-concurrent", str(conc), "--no-early-stopping", "--no-validate",
                  "--sampler", args.sampler]))
-            cfg = dataclasses.replace(cfg, quiet=True)
+            cfg = cfg.replace(quiet=True)
             start = time.perf_counter()
             with CpuByRole() as usage:
                 search(cfg)

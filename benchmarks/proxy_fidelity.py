@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, run_logged, save  # noqa: E402
-from nas.records import TrialKey  # noqa: E402
+from nas.records import TrialKey, storage_url  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
 
 BIG_VAL = 256  # validation images of the larger generated split (the default split has 64)
@@ -150,7 +150,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(args.run)
     config = yaml.safe_load((run / "config.yaml").read_text())
-    study = optuna.load_study(study_name=config["study"], storage=f"sqlite:///{(run / 'study.db').resolve()}")
+    study = optuna.load_study(study_name=config["study"], storage=storage_url(run))
     if args.quick:
         args.nets, args.ref_size, args.ref_epochs, args.val_epochs = 6, "32x64", 4, 4
     nets = pick_nets(study, args.nets)

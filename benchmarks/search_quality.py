@@ -25,7 +25,6 @@ validated the same way: how much front a random pool of that size holds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import math
@@ -41,10 +40,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, save  # noqa: E402
 from nas import validate as val  # noqa: E402
-from nas.records import Status, StudyKey, TrialKey, validated_key  # noqa: E402
+from nas.records import STUDY_DB, Status, StudyKey, TrialKey, storage_url, validated_key  # noqa: E402
 from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
-from nas.search import build_parser, config_from_args, search, validate_front  # noqa: E402
+from nas.search import build_parser, config_from_args, search  # noqa: E402
 from nas.strategy import active_key  # noqa: E402
+from nas.validated_stage import ValidatedStage  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
@@ -84,8 +84,9 @@ def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache,
                           scales: dict) -> tuple[float, float, list[int]]:
     """Validate the run's candidates as the search's final stage does (on the one validation data
     set, reusing cached trainings); returns (HV, validation seconds / 2, the validated trials)."""
-    validate_front(cfg, study, load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None, cache)
-    numbers = val.candidates(study, OBJECTIVES, cfg.noise, cfg.val_max)
+    stage = ValidatedStage(cfg, study, cache)
+    stage.run(load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None)
+    numbers = stage.candidates
     seconds = sum(study.user_attrs.get(validated_key(n, s), {}).get("seconds", 0.0)
                   for n in numbers for s in cfg.protocol.seeds)
     return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, numbers
@@ -116,9 +117,9 @@ def presets_alone(out: Path, runs: pd.DataFrame, protocol: val.Protocol, scales:
     """The floor every run shares: the HV of the validated presets alone, per run, averaged."""
     values = []
     for _, r in runs.iterrows():
-        path = out / f"{r['strategy']}-s{r['seed']}" / "study.db"
-        if path.exists():
-            study = optuna.load_study(study_name=path.parent.name, storage=f"sqlite:///{path}")
+        run_dir = out / f"{r['strategy']}-s{r['seed']}"
+        if (run_dir / STUDY_DB).exists():
+            study = optuna.load_study(study_name=run_dir.name, storage=storage_url(run_dir))
             presets = [t.number for t in study.get_trials(deepcopy=False) if TrialKey.PRESET in t.user_attrs]
             values.append(front_hypervolume(study, presets, protocol, scales))
     return {"strategy": "the 4 presets alone (no search)", "validated_hv": float(np.mean(values)) if values else math.nan,
@@ -130,10 +131,10 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     study_name = f"{name}-s{seed}"
     args = ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
             "--study", study_name, "--force", "--no-validate", "--sampler", name]
-    cfg = dataclasses.replace(config_from_args(build_parser().parse_args(args)), quiet=True)
+    cfg = config_from_args(build_parser().parse_args(args)).replace(quiet=True)
     began = time.perf_counter()
     search(cfg)
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / study_name / 'study.db'}")
+    study = optuna.load_study(study_name=study_name, storage=storage_url(out / study_name))
     # The trial phase (first trial started to last finished, sampler time included): start-up
     # that every strategy pays alike (Ray, data generation, the reference costs) is left out.
     start = min(t.datetime_start for t in study.trials if t.datetime_start).timestamp()
@@ -141,7 +142,7 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     scales = scales or study.user_attrs[StudyKey.HYPERVOLUME_SCALES]  # one fixed reference for every run
     # The validated stage as the search runs it, with the benchmark's fixed protocol: seed 0 makes
     # the validation seeds 1000 and 1001 for every run (the search derives them from its own seed).
-    val_cfg = dataclasses.replace(cfg, seed=0, val_height=protocol.height, val_width=protocol.width,
+    val_cfg = cfg.replace(seed=0, val_height=protocol.height, val_width=protocol.width,
                                   val_epochs=protocol.epochs, val_seeds=len(protocol.seeds), val_max=val_max)
     assert val_cfg.protocol == protocol, (val_cfg.protocol, protocol)
     hv, val_s, validated = validated_hypervolume(val_cfg, study, cache, scales)

@@ -23,7 +23,7 @@ from trainers.train import load_checkpoint
 
 from .cli import UsageError, run
 from .pareto import trial_spec
-from .records import Status, TrialKey, is_validated_key_of
+from .records import Status, TrialKey, is_validated_key_of, storage_url
 from .validate import weights_path
 
 
@@ -50,7 +50,7 @@ def load_run_config(run_dir: Path) -> dict:
 
 def load_run_study(run_dir: Path) -> optuna.Study:
     config = load_run_config(run_dir)
-    url = config.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    url = storage_url(run_dir, config.get("storage"))
     return optuna.load_study(study_name=config["study"], storage=optuna.storages.RDBStorage(url))
 
 

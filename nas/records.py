@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 
 class Status(str, Enum):
@@ -49,6 +50,14 @@ class StudyKey:
     """Study-wide user attributes."""
     TRIAL_MEANING = "trial_meaning"  # what the resume check compares
     HYPERVOLUME_SCALES = "hypervolume_scales"  # the fixed hypervolume reference
+
+
+STUDY_DB = "study.db"  # the run folder's own database, where no --storage names another
+
+
+def storage_url(run_dir: str | Path, storage: str | None = None) -> str:
+    """The study's SQLAlchemy URL: `storage`, or the SQLite file in the run folder."""
+    return storage or f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
 
 
 # What a trial queued again keeps of the original: which preset it is, and whose retry.

@@ -3,8 +3,9 @@
 The Optuna study (`nas.study`) holds the truth; this module only executes. Ray Tune asks the study
 for each trial through a Searcher (ask), runs it in a worker with its resources, stops the ones
 multi-objective successive halving ranks low (`nas.promotion`), and the outcome is told back
-(`record_outcome`). The validation stage's trainings run here too, as plain Ray tasks. The data
-set is put in Ray's object store once and mapped by every trial.
+(`record_outcome`). Other work that needs a trial's resources (the validated stage's trainings,
+timings) runs here as plain Ray tasks. The data set is put in Ray's object store once and mapped
+by every trial.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,15 +20,14 @@ import optuna
 
 from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
-from trainers.data import SegData
-
-from .pareto import Objective
 from trainers.costs import BACKENDS, default_backend
+from trainers.data import SegData
 from trainers.gpu_share import is_fatal_cuda_error
 
-from .services import DriverServices, fit_for, reconstruction_key, worker_attempt, worker_reconstruction
-from .records import Status, TrialKey
-from .study import Heartbeat, SearchConfig, record_outcome, requeue
+from .config import SearchConfig
+from .records import Status
+from .services import DriverServices, worker_attempt, worker_reconstruction
+from .study import Heartbeat, record_outcome, requeue
 from .trial import TrialSettings, evaluate_trial
 
 
@@ -91,16 +90,17 @@ def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A trial needs no working folder of its own: nothing it makes is written to disk.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    res = cfg.resources
     if not ray.is_initialized():
-        kw = {"address": cfg.address} if cfg.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
+        kw = {"address": res.address} if res.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if not cfg.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
+        if not res.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
             kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 _temp_dir=None if cfg.address else str(_ray_temp_dir()), **kw)
+                 _temp_dir=None if res.address else str(_ray_temp_dir()), **kw)
     gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.gpus_per_trial > gpus:  # Ray would wait for ever for a GPU no node has
-        raise ClusterError(f"--gpus-per-trial {cfg.gpus_per_trial}: Ray sees {gpus:g} GPU(s) here")
+    if res.gpus_per_trial > gpus:  # Ray would wait for ever for a GPU no node has
+        raise ClusterError(f"--gpus-per-trial {res.gpus_per_trial}: Ray sees {gpus:g} GPU(s) here")
 
 
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, data_ref, n: int,
@@ -112,20 +112,20 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     from ray import tune
 
     start_ray(cfg)
-    resources = ray.cluster_resources()
+    res, cluster = cfg.resources, ray.cluster_resources()
     # 1 // 0.2 is 4.0 in floating point: a small epsilon counts the fifth share
-    fits = math.floor(resources.get("CPU", 1) / max(cfg.cpus_per_trial, 1e-9) + 1e-9)
-    if cfg.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
-        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.gpus_per_trial + 1e-9))
-    concurrent = cfg.max_concurrent or max(1, int(fits))
+    fits = math.floor(cluster.get("CPU", 1) / max(res.cpus_per_trial, 1e-9) + 1e-9)
+    if res.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus_per_trial + 1e-9))
+    concurrent = res.max_concurrent or max(1, int(fits))
     from .tune_adapters import FullTraining, MultiObjectiveASHA, StudySearcher
 
     services = DriverServices()
     scheduler = (MultiObjectiveASHA(cfg.objectives, scales, cfg.settings.epochs)
-                 if cfg.early_stopping and cfg.settings.epochs > 1 else FullTraining())
+                 if cfg.meaning.early_stopping and cfg.settings.epochs > 1 else FullTraining())
     searcher = StudySearcher(study, space, cfg.objectives, cfg.owner,
                              lambda spec: services.reconstruction(spec, data, cfg.settings.seed), scheduler)
-    trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space={"settings": cfg.settings.to_dict(), "ledger": services.name},
@@ -144,51 +144,38 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     return searcher.lost
 
 
-def publish_reconstructions(jobs: list, data: SegData) -> dict[str, object]:
-    """DUpsampling's W for each validation job that needs one, fitted here once per key and put in
-    the object store: job key -> reference."""
+def put(value) -> object:
+    """`value` in Ray's object store, for tasks to map rather than each receive a copy; returns its reference."""
     import ray
 
-    refs, by_key = {}, {}
-    for job in jobs:
-        spec = ArchSpec.from_dict(job.spec)
-        key = reconstruction_key(spec, data.info.ignore_index, job.seed)
-        if key is not None:
-            if key not in by_key:
-                by_key[key] = ray.put(fit_for(spec, data, job.seed))
-            refs[job.key] = by_key[key]
-    return refs
+    return ray.put(value)
 
 
-def run_validation(cfg: SearchConfig, jobs: list, data_ref, protocol, record: Callable[[object, dict], None],
-                   reconstructions: dict | None = None) -> None:
-    """Run the validation trainings as Ray tasks (a worker that dies is retried once); `record`
-    stores each result as soon as it arrives, so a kill loses only the trainings in flight.
-    `reconstructions` maps a job's key to the object-store reference of its DUpsampling W."""
+def run_tasks(cfg: SearchConfig, fn: Callable[..., dict], calls: list[tuple], record: Callable[[int, dict], None]) -> None:
+    """`fn(*args)` for each of `calls`, all at once as Ray tasks with one trial's resources (Ray
+    resolves object references among the args); `record(i, result)` as each arrives, so a kill loses
+    only the tasks in flight. A worker that dies is retried once; dying twice is a failed result."""
     import ray
 
-    start_ray(cfg)
-    task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(_validation_task)
-    fits = reconstructions or {}
-    in_flight = {task.remote(job, data_ref, protocol, cfg.settings, fits.get(job.key)): job for job in jobs}
+    task = _trial_task(cfg, _task)
+    in_flight = {task.remote(fn, *args): i for i, args in enumerate(calls)}
     while in_flight:
         done, _ = ray.wait(list(in_flight), num_returns=1)
-        job = in_flight.pop(done[0])
+        i = in_flight.pop(done[0])
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the worker died twice
             result = {"status": Status.FAILED, "reason": f"worker process died: {type(exc).__name__}"}
-        record(job, result)
+        record(i, result)
 
 
-def _validation_task(job, data, protocol, settings, reconstruction):
-    from .validate import train_job  # Ray resolved the data set's ref: a zero-copy view of its store
-
+def _task(fn: Callable[..., dict], *args) -> dict:
+    """In a worker: `fn(*args)`'s result, with the node it ran on."""
     import ray
 
     try:
-        result = {**train_job(job, data, protocol, settings, reconstruction), "node": ray.get_runtime_context().get_node_id()}
-    except Exception as exc:  # outside the training's own handling (its clean-up, say): still a sticky error?
+        result = {**fn(*args), "node": ray.get_runtime_context().get_node_id()}
+    except Exception as exc:  # outside fn's own handling (its clean-up, say): still a sticky error?
         if is_fatal_cuda_error(exc):
             os._exit(70)
         raise
@@ -228,7 +215,7 @@ class ClusterError(RuntimeError):
 
 def uses_workers(cfg: SearchConfig) -> bool:
     """Whether what needs the trials' device runs in Ray tasks rather than in the driver."""
-    return bool(cfg.address) or cfg.settings.device.startswith("cuda")
+    return bool(cfg.resources.address) or cfg.settings.device.startswith("cuda")
 
 
 def on_worker(cfg: SearchConfig, fn: Callable, *args):
@@ -238,9 +225,15 @@ def on_worker(cfg: SearchConfig, fn: Callable, *args):
         return fn(*args)
     import ray
 
+    return ray.get(_trial_task(cfg, fn).remote(*args))
+
+
+def _trial_task(cfg: SearchConfig, fn: Callable):
+    """`fn` as a Ray task with one trial's resources; a worker that dies is retried once."""
+    import ray
+
     start_ray(cfg)
-    task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, max_retries=1)(fn)
-    return ray.get(task.remote(*args))
+    return ray.remote(num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial, max_retries=1)(fn)
 
 
 def _worker_facts() -> dict:
@@ -254,7 +247,7 @@ def settle_on_workers(cfg: SearchConfig) -> SearchConfig:
     """On a cluster (`--address`), ask a worker what the driver cannot know: whether it has CUDA,
     and which latency backend `auto` means there. With ONNX Runtime on CUDA, open one session
     there too: a provider that is listed but does not load is refused now, not in every trial."""
-    settled = _settle_backend(cfg) if cfg.address else cfg
+    settled = _settle_backend(cfg) if cfg.resources.address else cfg
     if settled.settings.device.startswith("cuda") and settled.settings.latency_backend == "onnxruntime":
         from trainers.deploy import probe_provider
         try:
@@ -269,7 +262,7 @@ def _settle_backend(cfg: SearchConfig) -> SearchConfig:
     s = cfg.settings
     cuda = s.device.startswith("cuda")
     if cuda and not facts["cuda"]:
-        raise ClusterError(f"--device cuda: the workers holding a GPU share at {cfg.address} have no usable CUDA "
+        raise ClusterError(f"--device cuda: the workers holding a GPU share at {cfg.resources.address} have no usable CUDA "
                            "device (use --device cpu to schedule by GPU shares alone)")
     backend = s.latency_backend
     if backend == "auto":
@@ -277,7 +270,7 @@ def _settle_backend(cfg: SearchConfig) -> SearchConfig:
     elif not BACKENDS[backend].serves(s.device, facts["providers"]):
         raise ClusterError(f"--latency-backend {backend}: the workers' onnxruntime has no CUDA provider "
                            "(install onnxruntime-gpu there, or use --latency-backend torch)")
-    return dataclasses.replace(cfg, settings=dataclasses.replace(s, latency_backend=backend))
+    return cfg.replace(settings=dataclasses.replace(s, latency_backend=backend))
 
 
 def _ray_temp_dir() -> Path:

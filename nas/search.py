@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -11,41 +12,42 @@ import pandas as pd
 
 from trainers.costs import LATENCY_BACKENDS, resolve_backend
 from trainers.data import load_data
-from trainers.train import PRECISIONS, write_checkpoint
+from trainers.train import PRECISIONS
 
-from . import runner, study as st, validate as val
+from . import runner, study as st
 from .cli import UsageError, parse_net_size, run
+from .config import Resources, RunOptions, SearchConfig, TrialMeaning
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .records import Status, StudyKey
 from .report import validation_summary, write_results
 from .trial import Constraints, TrialSettings
-from .validate import DEFAULT_NOISE
+from .validated_stage import ValidatedStage
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas.search", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--budget", type=int, default=100, help="trials to run, presets included")
+    a("--budget", type=int, default=RunOptions.budget, help="trials to run, presets included")
     a("--data", default=None, help="dataset folder (folder or Cityscapes layout); default: the embedded street scenes")
-    a("--study", default="default", help="study name; outputs go to OUT/STUDY")
-    a("--out", default="results", help="results folder")
+    a("--study", default=RunOptions.study, help="study name; outputs go to OUT/STUDY")
+    a("--out", default=RunOptions.out, help="results folder")
     a("--objectives", default="miou,gmacs,latency,memory", help="comma list from miou,gmacs,latency,memory,params")
     # TPE stays the default: in two full runs of benchmarks/search_quality.py (validated fronts, 5
     # paired seeds each) no strategy beat random search beyond seed noise, and TPE's paired difference
     # to random averaged +0.002 over the 10 seeds, with a faster driver than GP's and no population to
     # size (README, "Search quality: the validated front per strategy").
-    a("--sampler", default="tpe", choices=st.SAMPLERS,
+    a("--sampler", default=RunOptions.sampler, choices=st.SAMPLERS,
       help="search strategy: Optuna's samplers, or local (local search around the front)")
-    a("--seed", type=int, default=0, help="fixes sampling, data order and initialisation")
-    a("--epochs", type=int, default=3, help="maximum training epochs per trial")
-    a("--size", default="32x64", help="input HxW of every network (multiple of 32)")
+    a("--seed", type=int, default=TrialMeaning.seed, help="fixes sampling, data order and initialisation")
+    a("--epochs", type=int, default=TrialSettings.epochs, help="maximum training epochs per trial")
+    a("--size", default=f"{TrialMeaning.height}x{TrialMeaning.width}", help="input HxW of every network (multiple of 32)")
     a("--deploy-size", default=None, help="input HxW the costs (and constraints) are measured at (default: --size)")
-    a("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
-    a("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractional shares one GPU")
+    a("--cpus-per-trial", type=float, default=Resources.cpus_per_trial, help="CPUs (and torch threads) per trial")
+    a("--gpus-per-trial", type=float, default=Resources.gpus_per_trial, help="GPUs per trial; fractional shares one GPU")
     a("--device", default="auto", choices=("auto", "cuda", "cpu"),
       help="where trials compute (auto: cuda when --gpus-per-trial > 0); cpu with GPU shares only schedules by them")
-    a("--precision", default="auto", choices=PRECISIONS,
+    a("--precision", default=TrialSettings.precision, choices=PRECISIONS,
       help="training autocast (auto: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU)")
     a("--max-concurrent", type=int, default=None, help="concurrent trials (default: CPUs / cpus-per-trial)")
     a("--address", default=None, help="address of an existing Ray cluster to run on")
@@ -63,90 +65,70 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-early-stopping", action="store_true", help="train every trial for all epochs")
     a("--resume", action="store_true", help="continue the study in an existing run folder")
     a("--force", action="store_true", help="replace an existing run folder")
-    a("--pick", default="knee", choices=("knee", "miou", "gmacs", "latency", "memory"),
+    a("--pick", default=RunOptions.pick, choices=("knee", "miou", "gmacs", "latency", "memory"),
       help="which front member is best.yaml (chosen on validated values once validated)")
     a("--no-presets", action="store_true", help="do not enqueue the hand-designed presets first")
     v = p.add_argument_group("validated final stage", "the front candidates and the presets retrained at a "
                              "reference protocol with several seeds; the final front comes from these values")
-    v.add_argument("--val-size", default="32x64", help="input HxW of the validation protocol")
-    v.add_argument("--val-epochs", type=int, default=10, help="epochs of the validation protocol")
-    v.add_argument("--val-seeds", type=int, default=2, help="seeds averaged per validated net (at least 2)")
-    v.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+    v.add_argument("--val-size", default=f"{TrialMeaning.val_height}x{TrialMeaning.val_width}",
+                   help="input HxW of the validation protocol")
+    v.add_argument("--val-epochs", type=int, default=TrialMeaning.val_epochs, help="epochs of the validation protocol")
+    v.add_argument("--val-seeds", type=int, default=TrialMeaning.val_seeds, help="seeds averaged per validated net (at least 2)")
+    v.add_argument("--noise", type=float, default=RunOptions.noise,
                    help="search-protocol seed noise in mIoU: trials this close to the front are validated too")
-    v.add_argument("--val-max", type=int, default=12,
+    v.add_argument("--val-max", type=int, default=RunOptions.val_max,
                    help="most searched nets validated (the front first, spread over it by crowding distance)")
     v.add_argument("--no-validate", action="store_true", help="skip the validated stage (front from the search protocol)")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> st.SearchConfig:
-    if args.budget < 1:
-        raise UsageError(f"--budget {args.budget}: must be at least 1")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs {args.epochs}: must be at least 1")
-    if args.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial}: must be positive")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
-    if args.resume and args.force:
-        raise UsageError("--resume and --force contradict each other; give one")
-    for flag in ("max_latency_ms", "max_gmacs", "max_params", "max_mem_mb"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{flag.replace('_', '-')} {value}: a constraint must be positive")
-    if args.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: must be >= 0")
-    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_trial > 0 else "cpu")
-    if device == "cuda" and args.gpus_per_trial <= 0:
-        raise UsageError("--device cuda: needs --gpus-per-trial > 0, or Ray would not give the trials a GPU")
-    if device == "cuda" and not args.address:  # on a cluster the workers are asked instead (nas.runner)
-        available = runner.gpu_count()
-        if args.gpus_per_trial > max(available, 0) or available == 0:
-            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """The configuration the flags give (each part checks its values), settled on this machine's GPUs and
+    latency backends unless the trials run on a cluster (whose workers are asked at start: nas.runner)."""
     try:
         objectives = parse_objectives(args.objectives)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.pick != "knee" and args.pick not in [o.name for o in objectives]:
-        raise UsageError(f"--pick {args.pick}: not among the objectives {args.objectives}")
     h, w = parse_net_size(args.size, "--size")
     vh, vw = parse_net_size(args.val_size, "--val-size")
     deploy = parse_net_size(args.deploy_size, "--deploy-size") if args.deploy_size else (h, w)
-    if args.val_epochs < 1:
-        raise UsageError(f"--val-epochs {args.val_epochs}: must be at least 1")
-    if args.val_seeds < 2:
-        raise UsageError(f"--val-seeds {args.val_seeds}: at least 2, or the seed noise cannot be seen")
-    if not 0 <= args.noise < 1:
-        raise UsageError(f"--noise {args.noise}: an mIoU margin from 0 to below 1")
-    if args.val_max < 0:
-        raise UsageError(f"--val-max {args.val_max}: must be >= 0")
-    threads = max(1, int(args.cpus_per_trial))
-    backend = args.latency_backend
-    if not args.address:  # this machine is where trials run; a cluster's workers are asked at start (nas.runner)
-        try:
-            backend = resolve_backend(backend, device, " for the GPU trials")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_trial > 0 else "cpu")
     settings = TrialSettings(
-        epochs=args.epochs, seed=args.seed, threads=threads, device=device, latency_backend=backend,
-        precision=args.precision, gpu_share=args.gpus_per_trial if device == "cuda" and args.gpus_per_trial < 1 else 0.0,
+        epochs=args.epochs, seed=args.seed, threads=max(1, int(args.cpus_per_trial)), device=device,
+        latency_backend=args.latency_backend, precision=args.precision,
+        gpu_share=args.gpus_per_trial if device == "cuda" and args.gpus_per_trial < 1 else 0.0,
         deploy_size=None if deploy == (h, w) else deploy,
         constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
     )
-    return st.SearchConfig(
-        study=args.study, out=args.out, budget=args.budget, objectives=objectives, settings=settings, data=args.data,
-        height=h, width=w, sampler=args.sampler, seed=args.seed, early_stopping=not args.no_early_stopping,
-        presets=not args.no_presets, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, artifacts_uri=args.artifacts_uri, pick=args.pick,
-        resume=args.resume, force=args.force, validate=not args.no_validate, val_height=vh, val_width=vw,
-        val_epochs=args.val_epochs, val_seeds=args.val_seeds, noise=args.noise, val_max=args.val_max,
+    cfg = SearchConfig(
+        meaning=TrialMeaning(
+            objectives=objectives, settings=settings, data=args.data, height=h, width=w, seed=args.seed,
+            early_stopping=not args.no_early_stopping, validate=not args.no_validate, val_height=vh, val_width=vw,
+            val_epochs=args.val_epochs, val_seeds=args.val_seeds),
+        resources=Resources(
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            address=args.address, storage=args.storage, artifacts_uri=args.artifacts_uri),
+        options=RunOptions(
+            study=args.study, out=args.out, budget=args.budget, sampler=args.sampler, presets=not args.no_presets,
+            pick=args.pick, resume=args.resume, force=args.force, noise=args.noise, val_max=args.val_max),
     )
+    if args.address:  # the trials run on a cluster, whose workers are asked at start (nas.runner)
+        return cfg
+    if device == "cuda":
+        available = runner.gpu_count()
+        if args.gpus_per_trial > max(available, 0) or available == 0:
+            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
+    try:
+        backend = resolve_backend(args.latency_backend, device, " for the GPU trials")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return cfg.replace(settings=dataclasses.replace(settings, latency_backend=backend))
 
 
 class Progress:
     """A live status line: done / running / failed / stopped / infeasible, front, HV, elapsed, ETA."""
 
-    def __init__(self, cfg: st.SearchConfig, study: optuna.Study, scales: dict[str, float]):
+    def __init__(self, cfg: SearchConfig, study: optuna.Study, scales: dict[str, float]):
         self.cfg, self.study, self.scales = cfg, study, scales
         self.start = time.time()
         self.done_at_start = len(st.own_trials(study, cfg.budget_owner))
@@ -165,7 +147,7 @@ class Progress:
                 f"front {len(front)} | HV {hv:.4f} | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
 
     def show(self) -> None:
-        if not self.cfg.quiet:
+        if not self.cfg.options.quiet:
             end = "\n" if not sys.stdout.isatty() else "\r"
             print(self.line().ljust(120), end=end, flush=True)
 
@@ -179,23 +161,24 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def search(cfg: st.SearchConfig) -> int:
+def search(cfg: SearchConfig) -> int:
     """Run (or resume) a search and write every output; returns the process exit code."""
     _sigterm_as_interrupt()
-    data = load_data(cfg.data, cfg.height, cfg.width, seed=cfg.seed)  # validated before any trial starts
-    space = st.study_space(data, cfg.height, cfg.width)
+    m = cfg.meaning
+    data = load_data(m.data, m.height, m.width, seed=m.seed)  # validated before any trial starts
+    space = st.study_space(data, m.height, m.width)
     cfg = runner.settle_on_workers(cfg)
     with st.locked_run_dir(cfg) as run_dir:
         study = st.open_study(cfg, space)
         fresh = len(study.trials) == 0
-        if not fresh and not cfg.resume:
+        if not fresh and not cfg.options.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")
         st.check_resumable(study, cfg, data)
-        requeued = (st.recover_stale_trials(study, cfg.owner, private=cfg.storage is None)
+        requeued = (st.recover_stale_trials(study, cfg.owner, private=cfg.resources.storage is None)
                     + st.requeue_deferred(study, cfg.budget_owner))
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
-        if cfg.presets:
+        if cfg.options.presets:
             st.enqueue_presets(study, space)
         if runner.uses_workers(cfg):  # Ray starts before the data set is shared: size its store now
             runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)
@@ -205,6 +188,7 @@ def search(cfg: st.SearchConfig) -> int:
         remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
         print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
+        stage = ValidatedStage(cfg, study) if cfg.meaning.validate else None
         validation, data_ref = None, None
         try:
             while remaining:
@@ -221,14 +205,13 @@ def search(cfg: st.SearchConfig) -> int:
                     break
             print()
             print(progress.line())
-            if cfg.validate:
-                validate_front(cfg, study, data, data_ref)
+            if stage is not None:
+                stage.run(data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
-            if cfg.validate:
-                validation = val.summarise(study, val.candidates(study, cfg.objectives, cfg.noise, cfg.val_max),
-                                           cfg.protocol, cfg.objectives)
-            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.pick, validation)
+            if stage is not None:
+                validation = stage.summarise()
+            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.options.pick, validation)
         if validation is not None:
             print("\n".join(validation_summary(validation)))
         _print_front(front)
@@ -237,53 +220,12 @@ def search(cfg: st.SearchConfig) -> int:
             print(pd.read_csv(run_dir / "presets.csv").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {run_dir}/: trials.csv pareto.csv pareto/*.yaml best.yaml presets.csv pareto_*.png hypervolume.png "
               "report.html")
-        if cfg.artifacts_uri:
-            print(f"copied the run folder to {runner.publish_run_folder(run_dir, cfg.artifacts_uri)}")
+        if cfg.resources.artifacts_uri:
+            print(f"copied the run folder to {runner.publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
     return 0
 
 
-def validate_front(cfg: st.SearchConfig, study: optuna.Study, data, data_ref, cache=None) -> None:
-    """The validated final stage: retrain the candidates at the validation protocol (what is not
-    yet in the study), then re-measure their latency with nothing else running. `cache` (an object
-    with get(job) -> result | None and add(job, result)) lets many studies share trainings that are
-    the same (same net, seed and data), as a benchmark comparing searches does."""
-    numbers = val.candidates(study, cfg.objectives, cfg.noise, cfg.val_max)
-    jobs = val.pending_jobs(study, numbers, cfg.protocol)
-    if cache is not None:
-        known = {job.key: cache.get(job) for job in jobs}
-        for key, result in known.items():
-            if result is not None:
-                study.set_user_attr(key, result)
-        jobs = [job for job in jobs if known[job.key] is None]
-    if jobs:
-        p = cfg.protocol
-        if (p.height, p.width) != (cfg.height, cfg.width):
-            data, data_ref = load_data(cfg.data, p.height, p.width, seed=cfg.seed), None
-        if data_ref is None:
-            data, data_ref = runner.share_data(cfg, data)
-        print(f"validating {len(numbers)} nets at {p.label()}: {len(jobs)} trainings to run")
-        done = []
-
-        def record(job: val.Job, result: dict) -> None:
-            checkpoint = result.pop("checkpoint", None)  # made by a worker, kept by the driver
-            if checkpoint is not None:
-                write_checkpoint(val.weights_path(cfg.run_dir, job.number, job.seed), checkpoint)
-            study.set_user_attr(job.key, result)
-            if cache is not None and result["status"] == Status.COMPLETE:  # a failure is retried by a re-run
-                cache.add(job, result)
-            done.append(job)
-            if not cfg.quiet:
-                what = f"mIoU {result['miou']:.4f}" if result["status"] == Status.COMPLETE else result["reason"]
-                print(f"  [{len(done)}/{len(jobs)}] trial {job.number} seed {job.seed}: {what}", flush=True)
-
-        runner.run_validation(cfg, jobs, data_ref, p, record, runner.publish_reconstructions(jobs, data))
-    pending = val.isolated_latency_pending(study, numbers, cfg.settings)
-    if pending:
-        for key, latency in runner.on_worker(cfg, val.measure_isolated_latency, pending, cfg.settings).items():
-            study.set_user_attr(key, latency)
-
-
-def _scales(cfg: st.SearchConfig, study: optuna.Study, space) -> dict[str, float]:
+def _scales(cfg: SearchConfig, study: optuna.Study, space) -> dict[str, float]:
     """The fixed hypervolume reference, measured once per study and kept in the study itself."""
     key = StudyKey.HYPERVOLUME_SCALES
     if key not in study.user_attrs:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-import socket
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -32,10 +30,10 @@ from search_spaces.space import SearchSpace
 from trainers.costs import measure_costs
 from trainers.data import SegData
 
+from .config import SearchConfig
 from .pareto import Objective, counted_trials
 from .records import CARRIED, COUNTED, Status, StudyKey, TrialKey, TrialOutcome
 from .trial import TrialSettings
-from .validate import Protocol
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local", "screen")
 HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
@@ -44,89 +42,6 @@ GRACE_S = 60  # a RUNNING trial whose heartbeat is older than this belongs to a 
 
 class RunFolderError(RuntimeError):
     """The run folder exists (use --resume or --force) or another search is using it."""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    study: str
-    out: str
-    budget: int
-    objectives: tuple[Objective, ...]
-    settings: TrialSettings
-    data: str | None = None
-    height: int = 32
-    width: int = 64
-    sampler: str = "tpe"
-    seed: int = 0
-    early_stopping: bool = True
-    presets: bool = True
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    address: str | None = None
-    storage: str | None = None
-    artifacts_uri: str | None = None  # a shared folder or bucket that gets a copy of the run folder
-    pick: str = "knee"
-    resume: bool = False
-    force: bool = False
-    quiet: bool = False
-    validate: bool = True
-    val_height: int = 32
-    val_width: int = 64
-    val_epochs: int = 10
-    val_seeds: int = 2
-    noise: float = 0.03
-    val_max: int = 16
-
-    @property
-    def protocol(self) -> Protocol:
-        """The validation protocol; its seeds are apart from the search's, so no run is reused."""
-        seeds = tuple(self.seed + 1000 + i for i in range(self.val_seeds))
-        return Protocol(self.val_height, self.val_width, self.val_epochs, seeds)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out) / self.study
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
-
-    @property
-    def budget_owner(self) -> str | None:
-        """Whose trials count against this driver's budget: its own on a database shared by several
-        drivers; every trial on the run folder's private one, whatever path they ran under."""
-        return None if self.storage is None else self.owner
-
-    @property
-    def owner(self) -> str:
-        """Names the driver of a trial: only one driver at a time holds this run folder's lock."""
-        return f"{socket.gethostname()}:{self.run_dir.resolve()}"
-
-    def trial_meaning(self, data: SegData) -> dict[str, str]:
-        """The settings that decide what a trial's numbers mean; a resumed study must keep them."""
-        s, c = self.settings, self.settings.constraints
-        source = "streets (embedded)" if self.data in (None, "", "streets") else str(Path(self.data).resolve())
-        limits = ", ".join(f"{k} <= {v:g}" for k, v in asdict(c).items() if v is not None) or "none"
-        return {
-            "data": f"{source} ({len(data.train)} train / {len(data.val)} val images, {data.info.num_classes} classes)",
-            "size": f"{self.height}x{self.width}", "deploy size": self.deploy_label, "epochs": str(s.epochs),
-            "early stopping": "on" if self.early_stopping else "off",
-            "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
-            "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
-            "latency": f"{s.latency_backend}, {s.threads} thread(s), median of {s.latency_runs} runs",
-            "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
-        }
-
-    @property
-    def deploy_label(self) -> str:  # the input HxW every cost is measured at
-        return "x".join(map(str, self.settings.deploy_size or (self.height, self.width)))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["objectives"] = [o.name for o in self.objectives]
-        d["deploy_size"] = self.deploy_label
-        return d
 
 
 def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Objective, ...] = (),
@@ -159,10 +74,10 @@ def locked_run_dir(cfg: SearchConfig) -> Iterator[Path]:
     """Create (or reopen, with --resume) the run folder and hold an exclusive lock on it."""
     run_dir = cfg.run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
-        if cfg.force:
+        if cfg.options.force:
             _lock_or_refuse(run_dir).close()  # never delete a folder another search is using
             shutil.rmtree(run_dir)
-        elif not cfg.resume:
+        elif not cfg.options.resume:
             raise RunFolderError(f"{run_dir} already holds a run; add --resume to continue it or --force to replace it")
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = _lock_or_refuse(run_dir)
@@ -189,12 +104,12 @@ def open_study(cfg: SearchConfig, space: SearchSpace | None = None) -> optuna.St
     except Exception as exc:
         raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
     study = optuna.create_study(
-        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.sampler, cfg.seed, cfg.budget, cfg.objectives, space),
+        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
     )
     if study.trials:
         # A resumed sampler must not replay the random stream the first run already used.
-        study.sampler = make_sampler(cfg.sampler, cfg.seed + len(study.trials), cfg.budget, cfg.objectives, space)
+        study.sampler = make_sampler(cfg.options.sampler, cfg.meaning.seed + len(study.trials), cfg.budget, cfg.objectives, space)
     return study
 
 

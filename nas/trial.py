@@ -11,7 +11,7 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -22,6 +22,7 @@ from trainers.data import SegData
 from trainers.gpu_share import claim_share, is_cuda, is_fatal_cuda_error, release
 from trainers.train import TrainConfig, TrainingDiverged, fit
 
+from .cli import UsageError
 from .records import Status
 
 
@@ -31,6 +32,12 @@ class Constraints:
     max_gmacs: float | None = None
     max_params: float | None = None
     max_mem_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{f.name.replace('_', '-')} {value}: a constraint must be positive")
 
     def violations(self, costs: dict) -> list[str]:
         checks = (("latency_ms", self.max_latency_ms), ("gmacs", self.max_gmacs),

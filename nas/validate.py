@@ -1,4 +1,4 @@
-"""The validated final stage: the front candidates retrained at a reference protocol, several seeds.
+"""The validated final stage's pieces: the front candidates retrained at a reference protocol, several seeds.
 
 A search ranks on a short, single-seed protocol whose mIoU gaps are the size of seed noise. So
 after the search, every trial that could be on the front (the front plus every trial within
@@ -8,6 +8,7 @@ seeds, and their latency is re-measured alone. The final front comes from these 
 Each finished training is stored in the study at once (a study attribute per trial and seed), so
 a kill during validation loses no finished training and `--resume` counts none twice. Its trained
 weights are kept in the run folder (`weights/`), so `nas.export --trial N` exports a trained net.
+The flow that orders these pieces is `nas.validated_stage`.
 """
 from __future__ import annotations
 

@@ -88,16 +88,15 @@ def test_the_workers_backend_comes_from_the_one_table(monkeypatch):
 
     from nas import runner
 
-    cfg = type("Cfg", (), {})()
-    settings = type("S", (), {})()
+    from nas.search import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--address", "head:6379"]))
 
     def settled(device, requested, providers):
         facts = {"cuda": True, "providers": providers}
         monkeypatch.setattr(runner, "on_worker", lambda cfg, fn, *a: facts)
-        monkeypatch.setattr(dataclasses, "replace", lambda obj, **kw: {**getattr(obj, "__dict__", {}), **kw})
-        settings.device, settings.latency_backend = device, requested
-        cfg.settings, cfg.address = settings, "head:6379"
-        return runner._settle_backend(cfg)["settings"]["latency_backend"]
+        settings = dataclasses.replace(cfg.settings, device=device, latency_backend=requested)
+        return runner._settle_backend(cfg.replace(gpus_per_trial=1.0, settings=settings)).settings.latency_backend
 
     assert settled("cuda", "auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "onnxruntime"
     assert settled("cuda", "auto", ["CPUExecutionProvider"]) == "torch"

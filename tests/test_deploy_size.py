@@ -1,5 +1,4 @@
 """--deploy-size: costs are those of the net built at the deployment size; a study keeps its size."""
-import dataclasses
 import json
 
 import optuna
@@ -140,7 +139,7 @@ def test_resume_with_another_deploy_size_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "deploy size: 64x64 then, 128x128 now" in err
-    same = dataclasses.replace(make_config(tmp_path, "--deploy-size", "64x64"), resume=True)
+    same = make_config(tmp_path, "--deploy-size", "64x64").replace(resume=True)
     with st.locked_run_dir(same):
         st.check_resumable(st.open_study(same), same, data)
 
@@ -148,9 +147,9 @@ def test_resume_with_another_deploy_size_is_refused(tmp_path, capsys):
 def test_a_study_from_before_the_flag_resumes_at_its_size_only(tmp_path):
     data = load_data(None, 32, 32, seed=1)
     _meaning_recorded(make_config(tmp_path), data, drop_deploy=True)
-    same = dataclasses.replace(make_config(tmp_path), resume=True)
+    same = make_config(tmp_path).replace(resume=True)
     with st.locked_run_dir(same):
         st.check_resumable(st.open_study(same), same, data)  # costs were at the size: the default matches
-    other = dataclasses.replace(make_config(tmp_path, "--deploy-size", "64x64"), resume=True)
+    other = make_config(tmp_path, "--deploy-size", "64x64").replace(resume=True)
     with st.locked_run_dir(other), pytest.raises(st.RunFolderError, match="deploy size: 32x32 then, 64x64 now"):
         st.check_resumable(st.open_study(other), other, data)

@@ -1,5 +1,4 @@
 """Faults during a search: every bad trial is a failed row with its reason; the budget completes."""
-import dataclasses
 import os
 import fcntl
 
@@ -70,9 +69,9 @@ def test_a_run_folder_in_use_is_refused(faulty_run):
     with open(cfg.run_dir / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RunFolderError, match="in use by another running search"):
-            search(dataclasses.replace(cfg, resume=True))
+            search(cfg.replace(resume=True))
         with pytest.raises(RunFolderError, match="in use"):
-            search(dataclasses.replace(cfg, force=True))
+            search(cfg.replace(force=True))
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -1,6 +1,5 @@
 """GPU scheduling on a CPU machine: Ray with a fake GPU resource gives four 0.25-GPU trials (and
 validation trainings) at once, and a driver without CUDA searches a GPU cluster via --address."""
-import dataclasses
 import os
 import socket
 import subprocess
@@ -42,9 +41,9 @@ def test_quarter_gpu_trials_and_validations_run_four_at_once(fake_gpu_ray, tmp_p
     cfg = make_config(tmp_path, "--no-presets", "--no-early-stopping", "--gpus-per-trial", "0.25", "--device", "cpu",
                       "--cpus-per-trial", "0.25", "--val-max", "2", "--budget", "6",
                       "--max-concurrent", "16")  # so that only Ray's GPU accounting can hold them to 4
-    assert cfg.settings.device == "cpu" and cfg.gpus_per_trial == 0.25
+    assert cfg.settings.device == "cpu" and cfg.resources.gpus_per_trial == 0.25
     assert search(cfg) == 0
-    study = open_study(dataclasses.replace(cfg, resume=True))
+    study = open_study(cfg.replace(resume=True))
     trials = [t.user_attrs for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 6
     assert most_at_once([(a["started_at"], a["finished_at"]) for a in trials]) == 4  # 1 GPU / 0.25, not 16 CPUs / 0.25

@@ -23,6 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.pareto import counted_trials
+from nas.records import storage_url
 from nas.search import build_parser, config_from_args
 from nas.study import open_study, study_space
 from trainers.data import load_data
@@ -62,10 +63,10 @@ def enqueue_every_decoder(args: list[str]) -> Path:
     cfg = config_from_args(build_parser().parse_args(args))
     cfg.run_dir.mkdir(parents=True)
     study = open_study(cfg)
-    data = load_data(None, cfg.height, cfg.width, seed=cfg.seed)
-    space = study_space(data, cfg.height, cfg.width)
+    data = load_data(None, cfg.meaning.height, cfg.meaning.width, seed=cfg.meaning.seed)
+    space = study_space(data, cfg.meaning.height, cfg.meaning.width)
     for spec in SPECS[:4]:  # bilinear, erfnet, apn, dupsample
-        study.enqueue_trial(space.encode(spec.with_input(height=cfg.height, width=cfg.width,
+        study.enqueue_trial(space.encode(spec.with_input(height=cfg.meaning.height, width=cfg.meaning.width,
                                                          num_classes=data.info.num_classes)))
     return cfg.run_dir
 
@@ -105,7 +106,7 @@ def kill_driver(proc: subprocess.Popen) -> None:
 
 
 def load(run_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{run_dir / 'study.db'}")
+    return optuna.load_study(study_name=STUDY, storage=storage_url(run_dir))
 
 
 def wait_for_running(run_dir: Path, proc: subprocess.Popen, timeout: float = 240) -> set[int]:

@@ -52,7 +52,7 @@ def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(citys
     args = build_parser().parse_args(["--data", str(cityscapes), "--size", f"{H}x{W}", "--budget", str(len(SPECS)),
                                       "--epochs", "1", "--no-presets", "--no-validate", "--out", str(tmp_path), "--study", "cs"])
     cfg = config_from_args(args)
-    cfg = dataclasses.replace(cfg, resume=True, settings=dataclasses.replace(cfg.settings, batch_size=8, latency_runs=3))
+    cfg = cfg.replace(resume=True, settings=dataclasses.replace(cfg.settings, batch_size=8, latency_runs=3))
     cfg.run_dir.mkdir(parents=True)
     study = open_study(cfg)
     space = study_space(load_data(str(cityscapes), H, W), H, W)

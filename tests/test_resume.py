@@ -1,5 +1,4 @@
 """Resume is safe: other settings are refused; only dead drivers' trials are re-queued."""
-import dataclasses
 import time
 
 import optuna
@@ -35,7 +34,7 @@ def test_resume_with_settings_that_change_a_trials_meaning_is_refused(tmp_path, 
         assert expected in err, expected
     assert not (first.run_dir / "config.yaml").exists()  # nothing was overwritten
     # the same settings (and a sampler change, which does not change what a trial means) resume
-    same = dataclasses.replace(first, sampler="random", resume=True)
+    same = first.replace(sampler="random", resume=True)
     with st.locked_run_dir(same):
         st.check_resumable(st.open_study(same), same, load_data(None, 32, 32, seed=1))
 

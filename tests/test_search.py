@@ -18,7 +18,7 @@ def make_config(tmp_path, *extra, faults=FaultPlan()):
     args = build_parser().parse_args(["--budget", str(BUDGET), "--epochs", "1", "--size", "32x32", "--out", str(tmp_path),
                                       "--study", "tiny", "--seed", "1", "--val-size", "32x32", "--val-epochs", "1", *extra])
     cfg = config_from_args(args)
-    return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, faults=faults, latency_runs=5))
+    return cfg.replace(settings=dataclasses.replace(cfg.settings, faults=faults, latency_runs=5))
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,12 @@ def test_front_yamls_rebuild_with_the_csv_gmacs(run):
 
 def test_existing_run_folder_is_refused_without_resume_or_force(run):
     with pytest.raises(RunFolderError, match="--resume"):
-        search(dataclasses.replace(run, resume=False))
+        search(run.replace(resume=False))
 
 
 def test_interrupted_search_resumes_to_exactly_budget(tmp_path):
     cfg = make_config(tmp_path, "--no-presets", "--no-early-stopping")
-    search(dataclasses.replace(cfg, budget=3))
+    search(cfg.replace(budget=3))
     # a driver killed mid-trial leaves a RUNNING trial behind: simulate one
     study = open_study(cfg)
     study.sampler = optuna.samplers.RandomSampler(seed=999)
@@ -91,7 +91,7 @@ def test_interrupted_search_resumes_to_exactly_budget(tmp_path):
     from trainers.data import load_data
     space = study_space(load_data(None, 32, 32), 32, 32)
     stale_spec = space.sample(stale)
-    resumed = dataclasses.replace(cfg, resume=True)
+    resumed = cfg.replace(resume=True)
     assert search(resumed) == 0
     study = open_study(cfg)
     table = pd.read_csv(cfg.run_dir / "trials.csv")
@@ -132,7 +132,7 @@ def test_export_of_a_validated_trial_carries_its_trained_weights(run, tmp_path, 
     assert export.main(["--run", str(run.run_dir), "--trial", str(number), "--seed", str(seed),
                         "--onnx", str(onnx_path), "--check-miou"]) == 0
     assert f"validation seed {seed}" in capsys.readouterr().out
-    data = load_data(None, run.val_height, run.val_width, seed=run.seed)
+    data = load_data(None, run.meaning.val_height, run.meaning.val_width, seed=run.meaning.seed)
     got = onnx_miou(session(onnx_path), data.val, data.info.num_classes, data.info.ignore_index).miou
     assert got == pytest.approx(records[f"validated:{number}:{seed}"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="--seed 77: no trained weights"):

@@ -1,6 +1,5 @@
 """The validated final stage: which trials are validated, the front and best.yaml from validated values,
 the isolated latency in place of the in-trial one, and a kill during validation losing nothing."""
-import dataclasses
 import math
 
 import optuna
@@ -9,7 +8,7 @@ import pytest
 import yaml
 
 from helpers import tiny_spec
-from nas import runner, validate as val
+from nas import validate as val, validated_stage
 from nas.pareto import OBJECTIVES
 from nas.report import write_results
 from nas.search import search
@@ -113,7 +112,7 @@ def test_preset_dominance_counts_only_margins_beyond_the_noise():
 
 def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twice(tmp_path, monkeypatch):
     cfg = make_config(tmp_path, "--no-early-stopping", "--no-presets", "--budget", "3")
-    real = runner.run_validation
+    real = validated_stage.run_trainings
     first_jobs, resumed_jobs = [], []
 
     def killed_after_two(cfg_, jobs, data_ref, protocol, record, fits):
@@ -128,7 +127,7 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
     def study_attrs():
         return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url).user_attrs
 
-    monkeypatch.setattr(runner, "run_validation", killed_after_two)
+    monkeypatch.setattr(validated_stage, "run_trainings", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         search(cfg)
     before = {k: v for k, v in study_attrs().items() if k.startswith("validated:")}
@@ -138,8 +137,11 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
         resumed_jobs.extend(jobs)
         real(cfg_, jobs, data_ref, protocol, record, fits)
 
-    monkeypatch.setattr(runner, "run_validation", counting)
-    assert search(dataclasses.replace(cfg, resume=True)) == 0
+    monkeypatch.setattr(validated_stage, "run_trainings", counting)
+    chosen = []
+    monkeypatch.setattr(val, "candidates", lambda *a, choose=val.candidates: chosen.append(1) or choose(*a))
+    assert search(cfg.replace(resume=True)) == 0
+    assert len(chosen) == 1  # the trainings and the summary use one choice of candidates
     after = {k: v for k, v in study_attrs().items() if k.startswith("validated:")}
     assert {k: after[k] for k in before} == before  # kept, not retrained
     assert len(resumed_jobs) == len(first_jobs) - 2
