@@ -6,6 +6,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -59,3 +60,15 @@ def sample_specs(space: SearchSpace, n: int, seed: int) -> list[ArchSpec]:
         specs.append(space.sample(trial))
         study.tell(trial, 0.0)
     return specs
+
+
+def paired_ratio(runs: pd.DataFrame, name: str, column: str, rng: np.random.Generator, draws: int = 4000,
+                 baseline: str = "random") -> tuple[float, float, float]:
+    """Mean `column` of strategy `name` over the baseline's on the same seeds, with a 95 % bootstrap
+    interval (seeds resampled in pairs)."""
+    a = runs[runs.strategy == name].set_index("seed")[column].dropna()
+    b = runs[runs.strategy == baseline].set_index("seed")[column].reindex(a.index)
+    a, b = a[b.notna()], b[b.notna()]
+    idx = rng.integers(0, len(a), (draws, len(a)))
+    boot = a.to_numpy()[idx].mean(1) / b.to_numpy()[idx].mean(1)
+    return float(a.mean() / b.mean()), *map(float, np.percentile(boot, [2.5, 97.5]))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import RESULTS, machine, paired_ratio  # noqa: E402
 from nas.pareto import OBJECTIVES, crowding_distances, hypervolume, log_losses, losses, non_domination_ranks  # noqa: E402
 from nas.promotion import promotes, rungs  # noqa: E402
 from nas.screening import Ensemble, expected_gains, quantiles  # noqa: E402
@@ -58,14 +58,17 @@ class Pool:
         return len(self.val)
 
 
-def load_pool(path: Path, scales: dict) -> Pool:
+def load_pool(path: Path, scales: dict, first: int | None = None) -> Pool:
+    """The nets of the table's pool (its first `first` indices: a random subset, the pool's order
+    being random) that have a complete search-protocol curve."""
     from nas.strategy import features
     from search_spaces import ArchSpec
     from search_spaces.space import SearchSpace
     from trainers.scores import NAMES
 
     t = pd.read_csv(path).drop_duplicates(["pool_seed", "index"], keep="last")
-    t = t[(t["status"] == "complete") & t[f"miou_e{EPOCHS}"].notna()].sort_values("index").reset_index(drop=True)
+    t = t[(t["status"] == "complete") & t[f"miou_e{EPOCHS}"].notna() & (t["index"] < (first or len(t) + 10**9))]
+    t = t.sort_values("index").reset_index(drop=True)
     specs = [ArchSpec.from_dict(json.loads(s)) for s in t["spec"]]
     space = SearchSpace(specs[0].input)
     code = np.array([features(space.encode(s)) for s in specs])
@@ -246,15 +249,6 @@ def replay(pool: Pool, name: str, nets: int, seed: int) -> dict:
             "hv_log": run.validated_hv("log"), "hv_lin": run.validated_hv("lin")}
 
 
-def paired_ratio(runs: pd.DataFrame, name: str, column: str, rng: np.random.Generator, draws: int = 4000):
-    """Mean HV of `name` over random's on the same seeds, with a 95 % bootstrap interval over seeds."""
-    a = runs[runs.strategy == name].set_index("seed")[column]
-    b = runs[runs.strategy == "random"].set_index("seed")[column].loc[a.index]
-    idx = rng.integers(0, len(a), (draws, len(a)))
-    boot = a.to_numpy()[idx].mean(1) / b.to_numpy()[idx].mean(1)
-    return a.mean() / b.mean(), *np.percentile(boot, [2.5, 97.5])
-
-
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
@@ -292,11 +286,13 @@ def reference_scales() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", default=str(RESULTS / "space_table.csv"))
+    p.add_argument("--pool", type=int, default=None,
+                   help="replay on the table's first N nets (default: all); every net a run reports needs its validated mIoU")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--nets", default="20", help="budgets, comma list: random search's nets at full training")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     args = p.parse_args()
-    pool = load_pool(Path(args.table), reference_scales())
+    pool = load_pool(Path(args.table), reference_scales(), args.pool)
     start = time.perf_counter()
     runs = pd.DataFrame([replay(pool, name, int(n), seed) for n in args.nets.split(",")
                          for name in args.strategies.split(",") for seed in range(args.seeds)])

@@ -38,16 +38,17 @@ import optuna
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, save  # noqa: E402
+from benchmarks.common import RESULTS, machine, paired_ratio, save  # noqa: E402
 from nas import validate as val  # noqa: E402
 from nas.records import STUDY_DB, Status, StudyKey, TrialKey, storage_url, validated_key  # noqa: E402
-from nas.pareto import counted_trials, hypervolume, hypervolume_history, losses, parse_objectives  # noqa: E402
+from nas.pareto import (counted_trials, hypervolume, hypervolume_history, log_losses, losses, parse_objectives,  # noqa: E402
+                        trials_table)
 from nas.search import build_parser, config_from_args, search  # noqa: E402
 from nas.strategy import active_key  # noqa: E402
 from nas.validated_stage import ValidatedStage  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 
-STRATEGIES = ("random", "tpe", "nsga2", "gp", "local")
+STRATEGIES = ("random", "tpe", "nsga2", "gp", "local", "screen")
 OBJECTIVES = parse_objectives("miou,gmacs,latency,memory")
 VAL_DATA_SEED = 0  # every run's nets are validated on the same generated data set, so trainings are shared
 CACHE = RESULTS / "search_quality_validation.jsonl"
@@ -81,26 +82,34 @@ class ValidationCache:
 
 
 def validated_hypervolume(cfg, study: optuna.Study, cache: ValidationCache,
-                          scales: dict) -> tuple[float, float, list[int]]:
+                          scales: dict) -> tuple[tuple[float, float], float, list[int], dict]:
     """Validate the run's candidates as the search's final stage does (on the one validation data
-    set, reusing cached trainings); returns (HV, validation seconds / 2, the validated trials)."""
+    set, reusing cached trainings); returns (HV on linear and on log costs, validation seconds / 2,
+    the validated trials, each preset's verdict: dominated beyond the noise margin or not)."""
     stage = ValidatedStage(cfg, study, cache)
     stage.run(load_data(None, cfg.protocol.height, cfg.protocol.width, seed=VAL_DATA_SEED), None)
     numbers = stage.candidates
     seconds = sum(study.user_attrs.get(validated_key(n, s), {}).get("seconds", 0.0)
                   for n in numbers for s in cfg.protocol.seeds)
-    return front_hypervolume(study, numbers, cfg.protocol, scales), seconds / 2, numbers
+    hv = (front_hypervolume(study, numbers, cfg.protocol, scales),
+          front_hypervolume(study, numbers, cfg.protocol, scales, log_losses))
+    validation = stage.summarise()
+    table = trials_table(study).merge(validation.table, on="trial", how="left")
+    verdicts = {f"{r.preset}": f"{r.verdict} ({r.gain:+.3f})" for r in val.preset_dominance(table, validation.margin).itertuples()}
+    return hv, seconds / 2, numbers, verdicts
 
 
-def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Protocol, scales: dict) -> float:
-    """HV of these trials' validated values (costs: the in-trial measurements, as every search made them)."""
+def front_hypervolume(study: optuna.Study, numbers: list[int], protocol: val.Protocol, scales: dict,
+                      scaled=losses) -> float:
+    """HV of these trials' validated values (costs: the in-trial measurements, as every search made
+    them), on linear costs or (`scaled` log_losses) on log-scaled ones."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows = []
     for _, row in val.validated_values(study, numbers, protocol).iterrows():
         if row["validated_seeds"] == len(protocol.seeds):
             n = int(row["trial"])
             values = [row["miou_validated"] if o.key == "miou" else trials[n].user_attrs[o.key] for o in OBJECTIVES]
-            rows.append(losses(values, OBJECTIVES, scales))
+            rows.append(scaled(values, OBJECTIVES, scales))
     return hypervolume(rows)
 
 
@@ -145,18 +154,19 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
     val_cfg = cfg.replace(seed=0, val_height=protocol.height, val_width=protocol.width,
                                   val_epochs=protocol.epochs, val_seeds=len(protocol.seeds), val_max=val_max)
     assert val_cfg.protocol == protocol, (val_cfg.protocol, protocol)
-    hv, val_s, validated = validated_hypervolume(val_cfg, study, cache, scales)
+    (hv, hv_log), val_s, validated, verdicts = validated_hypervolume(val_cfg, study, cache, scales)
     trials = sorted(counted_trials(study), key=lambda t: t.datetime_complete)
     curve = pd.DataFrame({"seconds": [t.datetime_complete.timestamp() - start for t in trials],
                           "hypervolume": hypervolume_history(trials, OBJECTIVES, scales)})
     curve["strategy"], curve["seed"], curve["budget"], curve["epochs"] = name, seed, budget, epochs
     row = {"strategy": name, "seed": seed, "budget": budget, "epochs": epochs, "val_epochs": protocol.epochs,
-           "val_max": val_max, "validated_hv": hv,
+           "val_max": val_max, "validated_hv": hv, "validated_hv_log": hv_log,
            "search_hv": curve["hypervolume"].iloc[-1], "search_wall_s": wall, "validation_s": val_s,
            "total_s": wall + val_s, "validated_nets": len(validated),
            "complete": sum(t.user_attrs.get(TrialKey.STATUS) == Status.COMPLETE for t in trials),
            "spread": validated_spread(study, validated),
-           "run_s": time.perf_counter() - began}  # what this run cost the benchmark, start-up and reports included
+           "run_s": time.perf_counter() - began,  # what this run cost the benchmark, start-up and reports included
+           **{f"preset_{name}": verdict for name, verdict in verdicts.items()}}
     return row, curve, scales
 
 
@@ -176,6 +186,10 @@ def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
                      f"ratio_to_{baseline}": wide[name].mean() / wide[baseline].mean(),
                      "diff": diff.mean(), "diff_ci_low": diff.mean() - half, "diff_ci_high": diff.mean() + half,
                      "mean_total_s": walls[name]})
+        if "validated_hv_log" in table and table["validated_hv_log"].notna().any():  # runs logged before it lack it
+            ratio, low, high = paired_ratio(table, name, "validated_hv_log", np.random.default_rng(0), baseline=baseline)
+            rows[-1].update({"validated_hv_log": table[table.strategy == name]["validated_hv_log"].mean(),
+                             f"log_ratio_to_{baseline}": ratio, "log_ratio_low": low, "log_ratio_high": high})
     return pd.DataFrame(rows).sort_values("validated_hv", ascending=False)
 
 
@@ -198,7 +212,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.4))
-    colors = dict(zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
+    colors = dict(zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for (name, seed), c in curves.groupby(["strategy", "seed"]):
         ax.step(c["seconds"], c["hypervolume"], where="post", color=colors.get(name, "k"), alpha=0.7,
                 label=name if seed == curves[curves.strategy == name].seed.min() else None)

@@ -9,7 +9,7 @@ normalised objective: mIoU 0, or twice the costliest preset's cost. Points beyon
 On linear costs every net far cheaper than the presets gets nearly the whole cost axis, so a net ten
 times cheaper than another barely counts; `log_losses` scales each cost by its order of magnitude
 instead (the same reference point, `LOG_DECADES` decades below it reach loss 0), which is the scale
-the comparisons of strategies use (docs/searching.md, "Which hypervolume").
+the comparisons of strategies use (docs/measurement.md, "Which hypervolume").
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 import yaml
 
-from .pareto import (Objective, counted_trials, front_trials, hypervolume, hypervolume_history, losses, pick,
+from .pareto import (Objective, counted_trials, front_trials, hypervolume, hypervolume_history, log_losses, losses, pick,
                      trial_spec, trials_table)
 from . import insight
 from .plots import plot_fronts, plot_hypervolume
@@ -72,7 +72,8 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
         atomic_write(run_dir / "best.yaml", trial_spec(trials[numbers[pick(values, objectives, how)]]).to_yaml())
     atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, StudyKey.HYPERVOLUME_SCALES: scales}, sort_keys=False))
     history = hypervolume_history(counted_trials(study), objectives, scales)
-    final_hv = hypervolume(losses(v, objectives, scales) for v in values)
+    final_hv = (hypervolume(losses(v, objectives, scales) for v in values),
+                hypervolume(log_losses(v, objectives, scales) for v in values))
     search_label = f"search protocol: {config['height']}x{config['width']}, {config['settings']['epochs']} epochs, 1 seed"
     plots = plot_fronts(run_dir, table, numbers, objectives, search_label,
                         validation.protocol.label() if validation is not None else None)
@@ -119,7 +120,7 @@ def what_mattered_html(importance: pd.DataFrame, found: list[insight.Effect]) ->
 
 
 def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: dict, history: list[float],
-               final_hv: float, validation: Validation | None, dominance: pd.DataFrame | None,
+               final_hv: tuple[float, float], validation: Validation | None, dominance: pd.DataFrame | None,
                mattered: str = "") -> None:
     """report.html: one self-contained page (images inlined)."""
     imgs = "".join(
@@ -147,7 +148,8 @@ def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: di
 img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style></head><body>
 <h1>Search {html.escape(config['study'])}</h1>
 <p>{len(history)} trials; search-protocol hypervolume {history[-1] if history else 0:.4f}; hypervolume of the
-final front {final_hv:.4f}. Every cost is the network's at the deployment size {deploy}, batch 1 (trained at
+final front {final_hv[0]:.4f} on linear costs, {final_hv[1]:.4f} on log-scaled costs (the scale that values a
+ten times cheaper net; see "Which hypervolume" in docs/measurement.md). Every cost is the network's at the deployment size {deploy}, batch 1 (trained at
 {config['height']}x{config['width']}); GMACs count one multiply-add as one.</p>
 <h2>Pareto front, from {basis}</h2>{front_html}
 <h2>Fidelity</h2>{fidelity}<h2>What mattered</h2>{mattered}<h2>Plots</h2>{imgs}
