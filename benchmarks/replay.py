@@ -38,7 +38,9 @@ OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"], OBJECTIVES["memory"])
 COSTS = [o.key for o in OBJS[1:]]
 EPOCHS = 3
 VAL_MAX = 12  # the search's default --val-max
-SCORE = "naswot"  # screening's score: see the README's table of training-free scores
+# Screening's score and its sign: fisher, whose partial rank correlation with search-protocol mIoU
+# given GMACs is the strongest of the six on the whole table, and negative (docs/benchmarks.md).
+SCORE, SIGN = "fisher", -1.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def load_pool(path: Path, scales: dict, first: int | None = None) -> Pool:
     q = quantiles(t[list(NAMES)].to_numpy(float))
     lg = np.log(costs[:, :1])
     fit = np.column_stack([np.ones(len(t)), lg])
-    s = q[:, list(NAMES).index(SCORE)]
+    s = quantiles(SIGN * t[[SCORE]].to_numpy(float))[:, 0]
     adjusted = s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
     return Pool(index=t["index"].to_numpy(int), curve=t[[f"miou_e{e}" for e in range(1, EPOCHS + 1)]].to_numpy(float), val=t["miou_val"].to_numpy(float),
                 costs=costs, x=np.column_stack([code, np.log(costs)]), xs=np.column_stack([code, np.log(costs), q]), code=code, score=adjusted, scales=scales)

@@ -29,7 +29,7 @@ def _synthetic(n=600, seed=0) -> pd.DataFrame:
     log_g = rng.normal(-4, 1.5, n)
     noise = rng.normal(0, 0.05, n)
     miou = 0.3 + 0.05 * log_g + noise
-    t = pd.DataFrame({"status": "complete", "gmacs": np.exp(log_g), "params": rng.lognormal(13, 1, n),
+    t = pd.DataFrame({"index": np.arange(n), "status": "complete", "gmacs": np.exp(log_g), "params": rng.lognormal(13, 1, n),
                       "miou_val": miou, "miou_search": miou + rng.normal(0, 0.01, n), "miou_e1": miou + rng.normal(0, 0.2, n)})
     t["miou_e3"] = t["miou_search"]
     t["synflow"] = miou  # the answer itself
@@ -75,6 +75,16 @@ def test_plan_skips_what_is_there_and_validates_what_entered_the_subset():
     table = pd.DataFrame([_row(0, miou_val=0.3), _row(1), _row(2, status="failed"), _row(5, pool_seed=1)])
     assert st.plan(table, 0, 5, [0, 1]) == [(3, "all", False), (4, "all", False), (1, "validate", True)]
     assert st.plan(None, 0, 2, []) == [(0, "all", False), (1, "all", False)]
+
+
+def test_validated_mIoU_is_summarised_on_the_random_prefix_only():
+    t = _synthetic()
+    t.loc[t["index"] >= 100, "miou_val"] = math.nan
+    t.loc[t["index"] == 300, "miou_val"] = 0.9  # validated because a replay reported it: not a random net
+    t.loc[t["index"] == 7, "status"] = "failed"  # a failed net does not end the prefix
+    assert st.validated_prefix(t) == 100
+    s = st.summarise(t, epochs=3).set_index(["target", "score"])
+    assert s.loc[("miou_val", "synflow"), "nets"] == 99 and s.loc[("miou_search", "synflow"), "nets"] == 599
 
 
 def test_plan_validates_a_chosen_list_in_its_order():
