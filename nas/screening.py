@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .pareto import LOG_DECADES, Objective, hypervolume, log_losses, non_domination_ranks
-from .records import Status, StudyKey, TrialKey
-from .strategy import FrontLocalSampler, Ridge, active_key, features
+from .records import Status, TrialKey
+from .strategy import FrontLocalSampler, ProposingSampler, Ridge, active_key, features
 
 MEMBERS = 8  # bootstrap replicas: enough for a spread, cheap enough to refit per proposal
 
@@ -95,7 +94,7 @@ def pool_costs(spec) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
-class ScreeningSampler(optuna.samplers.BaseSampler):
+class ScreeningSampler(ProposingSampler):
     """`--sampler screen`: each proposal is the candidate, from a pool sampled and costed in the
     driver, with the largest expected gain in (log-cost) hypervolume.
 
@@ -112,36 +111,11 @@ class ScreeningSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, objectives: Sequence[Objective], space, seed: int = 0, startup: int = 4, first: int = 32,
                  refill: int = 2, costs=pool_costs):
+        super().__init__(seed)
         self.objectives, self.space, self.seed = tuple(objectives), space, seed
         self.startup, self.first, self.refill, self.costs = startup, first, refill, costs
-        self._random = optuna.samplers.RandomSampler(seed=seed)
         self._pool: list[tuple[dict, tuple, dict]] = []  # (values, identity, pool costs), in draw order
         self._measured: dict[tuple, dict] = {}  # identity -> pool costs, the tried nets' too
-        self._proposals: dict[int, dict] = {}
-
-    def infer_relative_search_space(self, study, trial) -> dict:
-        return {}
-
-    def sample_relative(self, study, trial, search_space) -> dict:
-        return {}
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.system_attrs.get("fixed_params"):
-            return
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):  # small solves: one BLAS thread, the cores are the trials'
-            self._proposals[trial._trial_id] = self.propose(study.get_trials(deepcopy=False), trial.number,
-                                                            study.user_attrs.get(StudyKey.HYPERVOLUME_SCALES, {}))
-
-    def sample_independent(self, study, trial, param_name: str, param_distribution) -> Any:
-        proposal = self._proposals.get(trial._trial_id, {})
-        if param_name in proposal:
-            return proposal[param_name]
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._proposals.pop(trial._trial_id, None)
 
     # --- the strategy ---------------------------------------------------------------------------
     def propose(self, trials: Sequence[FrozenTrial], number: int, scales: dict[str, float]) -> dict[str, Any]:

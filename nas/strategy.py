@@ -104,18 +104,18 @@ class Ridge:
         return self.intercept + ((x - self.mean) / self.scale) @ self.coef
 
 
-class FrontLocalSampler(optuna.samplers.BaseSampler):
-    """Proposes whole architectures (see the module docstring); Optuna asks it one parameter at a time."""
+class ProposingSampler(optuna.samplers.BaseSampler):
+    """Optuna's sampler interface for a strategy that proposes whole architectures: `propose` gives
+    every parameter of a trial at once (Optuna then asks for them one at a time); an enqueued trial
+    (a preset, a requeue) keeps its parameters."""
 
-    def __init__(self, objectives: Sequence[Objective], seed: int = 0, startup: int = 6, candidates: int = 32,
-                 explore: float = 0.25, params: Sequence[Choice | IntRange] = PARAMS):
-        self.objectives, self.seed, self.startup = tuple(objectives), seed, startup
-        self.n_candidates, self.explore, self.params = candidates, explore, tuple(params)
+    def __init__(self, seed: int):
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._proposals: dict[int, dict[str, Any]] = {}
-        self._coded: dict[int, tuple[np.ndarray, tuple]] = {}  # trial id -> (features, key); params never change
 
-    # --- Optuna's sampler interface -------------------------------------------------------------
+    def propose(self, trials: Sequence[FrozenTrial], number: int, scales: dict[str, float]) -> dict[str, Any]:
+        raise NotImplementedError
+
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return {}
 
@@ -141,6 +141,17 @@ class FrontLocalSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         self._proposals.pop(trial._trial_id, None)
+
+
+class FrontLocalSampler(ProposingSampler):
+    """Proposes whole architectures (see the module docstring); Optuna asks it one parameter at a time."""
+
+    def __init__(self, objectives: Sequence[Objective], seed: int = 0, startup: int = 6, candidates: int = 32,
+                 explore: float = 0.25, params: Sequence[Choice | IntRange] = PARAMS):
+        super().__init__(seed)
+        self.objectives, self.seed, self.startup = tuple(objectives), seed, startup
+        self.n_candidates, self.explore, self.params = candidates, explore, tuple(params)
+        self._coded: dict[int, tuple[np.ndarray, tuple]] = {}  # trial id -> (features, key); params never change
 
     # --- the strategy ---------------------------------------------------------------------------
     def propose(self, trials: Sequence[FrozenTrial], number: int, scales: dict[str, float]) -> dict[str, Any]:
