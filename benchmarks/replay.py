@@ -301,6 +301,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs.to_csv(RESULTS / "replay_runs.csv", index=False)
     missing = needed(runs, pool)
+    (RESULTS / "replay_needed.txt").unlink(missing_ok=True)  # a list from an earlier run would mislead
     if len(missing):
         (RESULTS / "replay_needed.txt").write_text("\n".join(map(str, missing)) + "\n")
         print(f"{len(missing)} reported nets have no validated mIoU yet, most reported first in "

@@ -9,7 +9,7 @@ the replayed strategy (benchmarks/replay.py) and the live one (`--sampler screen
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -94,25 +94,53 @@ def pool_costs(spec) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
+def fisher_screen(data, seed: int = 0, batch: int = 32) -> Callable[[Any], float]:
+    """The screen that beat random search in the replay: a candidate's fisher score
+    (`trainers.scores.fisher`) on one seeded minibatch of `batch` training images, for a fresh net
+    initialised with `seed`. On this space it ranks mIoU backwards among nets of equal GMACs, so
+    the sampler prefers low values (docs/benchmarks.md, "Training-free scores against mIoU")."""
+    import torch
+
+    from trainers.data import to_float
+    from trainers.scores import fisher, network_factory
+
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:batch]
+    images, masks = to_float(data.train.images[pick]), data.train.masks[pick].long()
+
+    def score(spec) -> float:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the cores belong to the trials
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return fisher(network_factory(spec, masks, seed)(), images, masks)
+        finally:
+            torch.set_num_threads(threads)
+    return score
+
+
 class ScreeningSampler(ProposingSampler):
-    """`--sampler screen`: each proposal is the candidate, from a pool sampled and costed in the
-    driver, with the largest expected gain in (log-cost) hypervolume.
+    """`--sampler screen` and `--sampler predict`: each proposal is a candidate from a pool sampled
+    and costed in the driver.
 
     The pool: candidate k is a random point drawn from (seed, k), so it is the same in every run of
     a seed; `first` are revealed at the start and `refill` more per trial number, so the costing
     (about a second per net) is spread over the search. Until `startup` trials have finished, the
-    first untried revealed candidate is proposed (a random net). Then a bootstrap ensemble of ridge
-    regressions (parameter codes + log pool costs, and a flag per epoch for the early-stopped
-    trials' shorter training) predicts each untried candidate's mIoU as if fully trained; each cost
-    objective is the pool's exact value mapped to the trials' measured scale (identity at the study
-    size; latency, not counted in the pool, is predicted from the pool costs the same way). An
-    enqueued trial (a preset, a requeue) keeps its parameters. Same seed and history, same proposals.
+    first untried revealed candidate is proposed (a random net). Then, with a `score` (`screen`,
+    the replay's winner), the untried candidate that screens best relative to nets of its GMACs;
+    without (`predict`), the one with the largest expected gain in log-cost hypervolume: a bootstrap
+    ensemble of ridge regressions (parameter codes + log pool costs, and a flag per epoch for the
+    early-stopped trials' shorter training) predicts each candidate's mIoU as if fully trained, and
+    each cost objective is the pool's exact value mapped to the trials' measured scale (identity at
+    the study size; latency, not counted in the pool, is predicted from the pool costs the same
+    way). An enqueued trial (a preset, a requeue) keeps its parameters. Same seed and history, same
+    proposals.
     """
 
     def __init__(self, objectives: Sequence[Objective], space, seed: int = 0, startup: int = 4, first: int = 32,
-                 refill: int = 2, costs=pool_costs):
+                 refill: int = 2, costs=pool_costs, score: Callable[[Any], float] | None = None):
         super().__init__(seed)
-        self.objectives, self.space, self.seed = tuple(objectives), space, seed
+        self.objectives, self.space, self.seed, self.score = tuple(objectives), space, seed, score
+        self._scores: dict[tuple, float] = {}  # identity -> screening score, lower better
         self.startup, self.first, self.refill, self.costs = startup, first, refill, costs
         self._pool: list[tuple[dict, tuple, dict]] = []  # (values, identity, pool costs), in draw order
         self._measured: dict[tuple, dict] = {}  # identity -> pool costs, the tried nets' too
@@ -130,6 +158,8 @@ class ScreeningSampler(ProposingSampler):
         done = [t for t in known if t.state == TrialState.COMPLETE and t.values]
         if len(done) < self.startup or len(cands) < 2 or not scales:
             return dict(cands[0][0]) if cands else self._pool[-1][0]
+        if self.score is not None:
+            return dict(cands[int(np.argmax(self._screened(cands)))][0])
         rng = np.random.default_rng([self.seed, number])
         rows = [t for t in known if all(o.key in t.user_attrs for o in self.objectives)]
         x = np.array([self._x(t.params) for t in rows])
@@ -139,6 +169,18 @@ class ScreeningSampler(ProposingSampler):
         front_rows = np.array([log_losses(t.values, self.objectives, scales) for t in done])
         front = front_rows[non_domination_ranks(front_rows) == 0]
         return dict(cands[int(np.argmax(expected_gains(front, costs, miou)))][0])
+
+    def _screened(self, cands) -> np.ndarray:
+        """How much better each candidate screens than nets of its GMACs: the residual of its score's
+        rank quantile (low score = high) regressed on log GMACs over the whole revealed pool."""
+        for values, key, _ in self._pool:
+            if key not in self._scores:
+                self._scores[key] = self.score(self.space.decode(self.space.active_values(values)))
+        q = quantiles(-np.array([[self._scores[key]] for _, key, _ in self._pool]))[:, 0]
+        fit = np.column_stack([np.ones(len(self._pool)), np.log([c["gmacs"] for _, _, c in self._pool])])
+        residual = q - fit @ np.linalg.lstsq(fit, q, rcond=None)[0]
+        where = {key: i for i, (_, key, _) in enumerate(self._pool)}
+        return residual[[where[key] for _, key, _ in cands]]
 
     def _reveal(self, size: int, tried: set) -> None:
         while len(self._pool) < size:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     # to random averaged +0.002 over the 10 seeds, with a faster driver than GP's and no population to
     # size (README, "Search quality: the validated front per strategy").
     a("--sampler", default=RunOptions.sampler, choices=st.SAMPLERS,
-      help="search strategy: Optuna's samplers, or local (local search around the front)")
+      help="search strategy: Optuna's samplers, local (local search around the front), screen (a costed pool screened by -fisher) or predict (a costed pool, an ensemble predictor)")
     a("--seed", type=int, default=TrialMeaning.seed, help="fixes sampling, data order and initialisation")
     a("--epochs", type=int, default=TrialSettings.epochs, help="maximum training epochs per trial")
     a("--size", default=f"{TrialMeaning.height}x{TrialMeaning.width}", help="input HxW of every network (multiple of 32)")
@@ -169,7 +169,7 @@ def search(cfg: SearchConfig) -> int:
     space = st.study_space(data, m.height, m.width)
     cfg = runner.settle_on_workers(cfg)
     with st.locked_run_dir(cfg) as run_dir:
-        study = st.open_study(cfg, space)
+        study = st.open_study(cfg, space, data)
         fresh = len(study.trials) == 0
         if not fresh and not cfg.options.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")

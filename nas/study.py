@@ -35,7 +35,7 @@ from .pareto import Objective, counted_trials
 from .records import CARRIED, COUNTED, Status, StudyKey, TrialKey, TrialOutcome
 from .trial import TrialSettings
 
-SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local", "screen")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local", "screen", "predict")
 HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
 GRACE_S = 60  # a RUNNING trial whose heartbeat is older than this belongs to a dead driver
 
@@ -45,7 +45,7 @@ class RunFolderError(RuntimeError):
 
 
 def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Objective, ...] = (),
-                 space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
+                 space: SearchSpace | None = None, data: SegData | None = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler `--sampler name` means (the space is sampled flat: see SearchSpace.sample)."""
     if name in ("nsga2", "nsga3"):
         # A population sized to the budget, so that even a small search breeds a few generations
@@ -62,9 +62,9 @@ def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Obje
     if name == "local":
         from .strategy import FrontLocalSampler
         return FrontLocalSampler(objectives, seed=seed)
-    if name == "screen":
-        from .screening import ScreeningSampler
-        return ScreeningSampler(objectives, space, seed=seed)
+    if name in ("screen", "predict"):
+        from .screening import ScreeningSampler, fisher_screen
+        return ScreeningSampler(objectives, space, seed=seed, score=fisher_screen(data) if name == "screen" else None)
     raise ValueError(f"--sampler {name!r}: one of {list(SAMPLERS)}")
 
 
@@ -98,18 +98,18 @@ def _lock_or_refuse(run_dir: Path):
 
 
 # --- the study -----------------------------------------------------------------------------------
-def open_study(cfg: SearchConfig, space: SearchSpace | None = None) -> optuna.Study:
+def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegData | None = None) -> optuna.Study:
     try:
         storage = _open_storage(cfg.storage_url)
     except Exception as exc:
         raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
     study = optuna.create_study(
-        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space),
+        study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space, data),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
     )
     if study.trials:
         # A resumed sampler must not replay the random stream the first run already used.
-        study.sampler = make_sampler(cfg.options.sampler, cfg.meaning.seed + len(study.trials), cfg.budget, cfg.objectives, space)
+        study.sampler = make_sampler(cfg.options.sampler, cfg.meaning.seed + len(study.trials), cfg.budget, cfg.objectives, space, data)
     return study
 
 
