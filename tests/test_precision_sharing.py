@@ -18,19 +18,33 @@ from trainers.train import TrainConfig, TrainingDiverged, fit, prepare_model, re
 from helpers import tiny_spec
 
 
-@pytest.mark.parametrize("core", CORES)
-def test_bf16_autocast_forward_and_backward_are_finite_over_the_space(core):
+def _bf16_failures(core: str) -> list:
+    """The (decoder, downsampler, TVConv depth) of `core` whose bf16 forward or backward is not finite."""
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    bad = []
     for decoder, downsampler, tv in itertools.product(DECODERS, DOWNSAMPLERS, TVCONV_DEPTHS):
         model = build_model(tiny_spec(core=core, decoder=decoder, downsampler=downsampler, tvconv_from=tv)).train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
-            assert out.dtype == torch.bfloat16 or decoder == "dupsample", (decoder, downsampler, tv)
             loss = F.cross_entropy(out.float(), y)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads), (decoder, downsampler, tv)
+        typed = out.dtype == torch.bfloat16 or decoder == "dupsample"
+        if not (typed and torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)):
+            bad.append((decoder, downsampler, tv))
+    return bad
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_bf16_autocast_forward_and_backward_are_finite_over_the_space(core):
+    # In a fresh interpreter: after other tests' CPU kernels ran in the same process, this torch
+    # build's emulated CPU bf16 backward sporadically returns non-finite gradients (seen with the
+    # same seed and code, not reproducible alone), which says nothing about the nets.
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_bf16_failures, (core,)) == []
 
 
 def test_auto_precision_is_fp32_on_the_cpu_and_named_ones_stay():
