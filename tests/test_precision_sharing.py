@@ -20,10 +20,15 @@ from helpers import tiny_spec
 
 @pytest.mark.parametrize("core", CORES)
 def test_bf16_autocast_forward_and_backward_are_finite_over_the_space(core):
+    # 40 x 40, not 32 x 32: at 32 the attention pyramid's third level is a strided conv on a 1 x 1 map, and
+    # torch's CPU bf16 weight gradient for that case reads uninitialised memory (sporadic inf/NaN in its
+    # padding-only taps, which are 0 by hand: F.conv2d(randn(2,1,1,1), w, stride=2, padding=1) under
+    # autocast gives inf/NaN in w.grad in ~60 % of tries with torch 2.13). 40 keeps every such map >= 2 x 2.
     torch.manual_seed(0)
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    x, y = torch.randn(2, 3, 40, 40), torch.randint(0, 3, (2, 40, 40))
     for decoder, downsampler, tv in itertools.product(DECODERS, DOWNSAMPLERS, TVCONV_DEPTHS):
-        model = build_model(tiny_spec(core=core, decoder=decoder, downsampler=downsampler, tvconv_from=tv)).train()
+        spec = tiny_spec(core=core, decoder=decoder, downsampler=downsampler, tvconv_from=tv, height=40, width=40)
+        model = build_model(spec).train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
             assert out.dtype == torch.bfloat16 or decoder == "dupsample", (decoder, downsampler, tv)
