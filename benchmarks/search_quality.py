@@ -171,25 +171,17 @@ def run_one(out: Path, name: str, seed: int, budget: int, epochs: int, protocol:
 
 
 def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
-    """Per strategy: mean validated HV, and the paired (by seed) difference to the baseline with its 95 % CI."""
-    from scipy import stats
-
-    wide = table.pivot(index="seed", columns="strategy", values="validated_hv")
-    walls = table.groupby("strategy")["total_s"].mean()
+    """Per strategy: mean validated HV on linear and on log costs, and its paired (by seed) ratio to
+    the baseline's with a 95 % bootstrap interval, the comparison every replay table also uses."""
     rows = []
-    for name in wide.columns:
-        diff = (wide[name] - wide[baseline]).dropna()
-        half = (float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff)))
-                if len(diff) > 1 else math.nan)
-        rows.append({"strategy": name, "seeds": int(wide[name].notna().sum()), "validated_hv": wide[name].mean(),
-                     "validated_hv_sd": wide[name].std(ddof=1),
-                     f"ratio_to_{baseline}": wide[name].mean() / wide[baseline].mean(),
-                     "diff": diff.mean(), "diff_ci_low": diff.mean() - half, "diff_ci_high": diff.mean() + half,
-                     "mean_total_s": walls[name]})
-        if "validated_hv_log" in table and table["validated_hv_log"].notna().any():  # runs logged before it lack it
-            ratio, low, high = paired_ratio(table, name, "validated_hv_log", np.random.default_rng(0), baseline=baseline)
-            rows[-1].update({"validated_hv_log": table[table.strategy == name]["validated_hv_log"].mean(),
-                             f"log_ratio_to_{baseline}": ratio, "log_ratio_low": low, "log_ratio_high": high})
+    for name, runs in table.groupby("strategy"):
+        row = {"strategy": name, "seeds": len(runs), "mean_total_s": runs["total_s"].mean()}
+        for column, tag in (("validated_hv", ""), ("validated_hv_log", "log_")):
+            if column in table and runs[column].notna().any():  # runs logged before log HV lack it
+                ratio, low, high = paired_ratio(table, name, column, np.random.default_rng(0), baseline=baseline)
+                row.update({column: runs[column].mean(), f"{column}_sd": runs[column].std(ddof=1),
+                            f"{tag}ratio_to_{baseline}": ratio, f"{tag}ratio_low": low, f"{tag}ratio_high": high})
+        rows.append(row)
     return pd.DataFrame(rows).sort_values("validated_hv", ascending=False)
 
 
@@ -278,6 +270,10 @@ def main() -> None:
         pool = headroom(args.headroom, protocol, max(args.val_max, 8), cache, scales, out)
         summary = pd.concat([summary, pd.DataFrame([pool])])
     save(summary, f"search_quality{suffix}")
+    verdicts = [c for c in table.columns if c.startswith("preset_")]
+    if verdicts:  # per run: is each hand-designed net dominated beyond the validation noise margin?
+        print("\nEach preset's verdict per run (validated mIoU gain of the best net dominating it):")
+        print(table.sort_values(["strategy", "seed"])[["strategy", "seed", *verdicts]].to_string(index=False))
     if curves_path.exists():
         curves = pd.read_csv(curves_path)
         plot(curves[(curves["budget"] == budget) & (curves["epochs"] == epochs)], RESULTS / f"search_quality{suffix}.png")

@@ -5,7 +5,7 @@ predicted mIoU would move the front the most.
 `Ensemble` predicts mIoU with its uncertainty (bootstrapped ridge regressions); `expected_gains`
 scores candidates by the hypervolume they are expected to add to the current front, averaging over
 the ensemble's members as samples of what the candidate's mIoU could be. The same two pieces make
-the replayed strategy (benchmarks/replay.py) and the live one (`--sampler screen`).
+the replayed strategy (benchmarks/replay.py) and the live ones (`--sampler screen`, `--sampler predict`).
 """
 from __future__ import annotations
 
@@ -118,34 +118,25 @@ def fisher_screen(data, seed: int = 0, batch: int = 32) -> Callable[[Any], float
     return score
 
 
-class ScreeningSampler(ProposingSampler):
-    """`--sampler screen` and `--sampler predict`: each proposal is a candidate from a pool sampled
-    and costed in the driver.
+class PoolSampler(ProposingSampler):
+    """A strategy whose proposals are candidates from a pool sampled and costed in the driver.
 
-    The pool: candidate k is a random point drawn from (seed, k), so it is the same in every run of
-    a seed; `first` are revealed at the start and `refill` more per trial number, so the costing
+    Candidate k is a random point drawn from (seed, k), so the pool is the same in every run of a
+    seed; `first` are revealed at the start and `refill` more per trial number, so the costing
     (about a second per net) is spread over the search. Until `startup` trials have finished, the
-    first untried revealed candidate is proposed (a random net). Then, with a `score` (`screen`,
-    the replay's winner), the untried candidate that screens best relative to nets of its GMACs;
-    without (`predict`), the one with the largest expected gain in log-cost hypervolume: a bootstrap
-    ensemble of ridge regressions (parameter codes + log pool costs, and a flag per epoch for the
-    early-stopped trials' shorter training) predicts each candidate's mIoU as if fully trained, and
-    each cost objective is the pool's exact value mapped to the trials' measured scale (identity at
-    the study size; latency, not counted in the pool, is predicted from the pool costs the same
-    way). An enqueued trial (a preset, a requeue) keeps its parameters. Same seed and history, same
-    proposals.
+    first untried revealed candidate is proposed (a random net); then `choose` picks among the
+    untried ones. An enqueued trial (a preset, a requeue) keeps its parameters. Same seed and
+    history, same proposals.
     """
 
     def __init__(self, objectives: Sequence[Objective], space, seed: int = 0, startup: int = 4, first: int = 32,
-                 refill: int = 2, costs=pool_costs, score: Callable[[Any], float] | None = None):
+                 refill: int = 2, costs=pool_costs):
         super().__init__(seed)
-        self.objectives, self.space, self.seed, self.score = tuple(objectives), space, seed, score
-        self._scores: dict[tuple, float] = {}  # identity -> screening score, lower better
+        self.objectives, self.space, self.seed = tuple(objectives), space, seed
         self.startup, self.first, self.refill, self.costs = startup, first, refill, costs
         self._pool: list[tuple[dict, tuple, dict]] = []  # (values, identity, pool costs), in draw order
         self._measured: dict[tuple, dict] = {}  # identity -> pool costs, the tried nets' too
 
-    # --- the strategy ---------------------------------------------------------------------------
     def propose(self, trials: Sequence[FrozenTrial], number: int, scales: dict[str, float]) -> dict[str, Any]:
         names = {p.name for p in self.space.params}
         known = [t for t in trials if t.params and set(t.params) >= names]
@@ -158,29 +149,12 @@ class ScreeningSampler(ProposingSampler):
         done = [t for t in known if t.state == TrialState.COMPLETE and t.values]
         if len(done) < self.startup or len(cands) < 2 or not scales:
             return dict(cands[0][0]) if cands else self._pool[-1][0]
-        if self.score is not None:
-            return dict(cands[int(np.argmax(self._screened(cands)))][0])
-        rng = np.random.default_rng([self.seed, number])
-        rows = [t for t in known if all(o.key in t.user_attrs for o in self.objectives)]
-        x = np.array([self._x(t.params) for t in rows])
-        xc = np.array([self._x(c[0], c[2]) for c in cands])
-        miou = self._miou_samples(rows, x, xc, rng)
-        costs = np.column_stack([self._cost(o, rows, x, xc, scales) for o in self.objectives[1:]])
-        front_rows = np.array([log_losses(t.values, self.objectives, scales) for t in done])
-        front = front_rows[non_domination_ranks(front_rows) == 0]
-        return dict(cands[int(np.argmax(expected_gains(front, costs, miou)))][0])
+        return dict(cands[self.choose(cands, known, done, number, scales)][0])
 
-    def _screened(self, cands) -> np.ndarray:
-        """How much better each candidate screens than nets of its GMACs: the residual of its score's
-        rank quantile (low score = high) regressed on log GMACs over the whole revealed pool."""
-        for values, key, _ in self._pool:
-            if key not in self._scores:
-                self._scores[key] = self.score(self.space.decode(self.space.active_values(values)))
-        q = quantiles(-np.array([[self._scores[key]] for _, key, _ in self._pool]))[:, 0]
-        fit = np.column_stack([np.ones(len(self._pool)), np.log([c["gmacs"] for _, _, c in self._pool])])
-        residual = q - fit @ np.linalg.lstsq(fit, q, rcond=None)[0]
-        where = {key: i for i, (_, key, _) in enumerate(self._pool)}
-        return residual[[where[key] for _, key, _ in cands]]
+    def choose(self, cands: list, known: list[FrozenTrial], done: list[FrozenTrial], number: int,
+               scales: dict[str, float]) -> int:
+        """The index in `cands` of the candidate to train next."""
+        raise NotImplementedError
 
     def _reveal(self, size: int, tried: set) -> None:
         while len(self._pool) < size:
@@ -193,6 +167,56 @@ class ScreeningSampler(ProposingSampler):
         if key not in self._measured:
             self._measured[key] = self.costs(self.space.decode(self.space.active_values(values)))
         return self._measured[key]
+
+
+class ScreeningSampler(PoolSampler):
+    """`--sampler screen`, the replay's winner: after start-up, the untried candidate that screens
+    best (lowest `score`) relative to nets of its GMACs."""
+
+    def __init__(self, objectives: Sequence[Objective], space, score: Callable[[Any], float], seed: int = 0, **pool):
+        super().__init__(objectives, space, seed, **pool)
+        self.score = score
+        self._scores: dict[tuple, float] = {}  # identity -> screening score, lower better
+        self._residuals: tuple[int, dict[tuple, float]] = (0, {})  # (pool size, identity -> residual)
+
+    def choose(self, cands, known, done, number, scales) -> int:
+        residual = self._screened()
+        return int(np.argmax([residual[key] for _, key, _ in cands]))
+
+    def _screened(self) -> dict[tuple, float]:
+        """How much better each revealed candidate screens than nets of its GMACs: the residual of its
+        score's rank quantile (low score = high) regressed on log GMACs over the whole revealed pool;
+        refitted only when the pool has grown."""
+        if self._residuals[0] == len(self._pool):
+            return self._residuals[1]
+        for values, key, _ in self._pool:
+            if key not in self._scores:
+                self._scores[key] = self.score(self.space.decode(self.space.active_values(values)))
+        q = quantiles(-np.array([[self._scores[key]] for _, key, _ in self._pool]))[:, 0]
+        fit = np.column_stack([np.ones(len(self._pool)), np.log([c["gmacs"] for _, _, c in self._pool])])
+        residual = q - fit @ np.linalg.lstsq(fit, q, rcond=None)[0]
+        self._residuals = (len(self._pool), {key: float(r) for (_, key, _), r in zip(self._pool, residual)})
+        return self._residuals[1]
+
+
+class PredictingSampler(PoolSampler):
+    """`--sampler predict`: after start-up, the untried candidate with the largest expected gain in
+    log-cost hypervolume. A bootstrap ensemble of ridge regressions (parameter codes + log pool costs,
+    and a flag per epoch for the early-stopped trials' shorter training) predicts each candidate's
+    mIoU as if fully trained; each cost objective is the pool's exact value mapped to the trials'
+    measured scale (identity at the study size; latency, not counted in the pool, is predicted from
+    the pool costs the same way)."""
+
+    def choose(self, cands, known, done, number, scales) -> int:
+        rng = np.random.default_rng([self.seed, number])
+        rows = [t for t in known if all(o.key in t.user_attrs for o in self.objectives)]
+        x = np.array([self._x(t.params) for t in rows])
+        xc = np.array([self._x(c[0], c[2]) for c in cands])
+        miou = self._miou_samples(rows, x, xc, rng)
+        costs = np.column_stack([self._cost(o, rows, x, xc, scales) for o in self.objectives[1:]])
+        front_rows = np.array([log_losses(t.values, self.objectives, scales) for t in done])
+        front = front_rows[non_domination_ranks(front_rows) == 0]
+        return int(np.argmax(expected_gains(front, costs, miou)))
 
     def _x(self, values: dict, costs: dict | None = None) -> np.ndarray:
         costs = costs or self._pool_costs(values, active_key(values, self.space.params))

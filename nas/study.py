@@ -62,9 +62,12 @@ def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Obje
     if name == "local":
         from .strategy import FrontLocalSampler
         return FrontLocalSampler(objectives, seed=seed)
-    if name in ("screen", "predict"):
+    if name == "screen":
         from .screening import ScreeningSampler, fisher_screen
-        return ScreeningSampler(objectives, space, seed=seed, score=fisher_screen(data) if name == "screen" else None)
+        return ScreeningSampler(objectives, space, fisher_screen(data), seed=seed)
+    if name == "predict":
+        from .screening import PredictingSampler
+        return PredictingSampler(objectives, space, seed=seed)
     raise ValueError(f"--sampler {name!r}: one of {list(SAMPLERS)}")
 
 

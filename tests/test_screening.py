@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as hs
 
 from nas.pareto import OBJECTIVES as ALL_OBJECTIVES, log_losses
-from nas.screening import ScreeningSampler, expected_gains, quantiles
+from nas.screening import PredictingSampler, ScreeningSampler, expected_gains, quantiles
 from nas.strategy import active_key
 from search_spaces.space import PARAMS
 from test_strategy import OBJECTIVES, SPACE, fake_outcome, run
@@ -50,8 +50,11 @@ def fake_score(spec) -> float:
     return -fake_outcome(SPACE.encode(spec))[0]
 
 
-def screening(seed: int, score=None) -> ScreeningSampler:
-    return ScreeningSampler(OBJECTIVES, SPACE, seed=seed, costs=fake_costs, score=score)
+def screening(seed: int, score=None) -> ScreeningSampler | PredictingSampler:
+    """The screening sampler with `score`, the predicting one without."""
+    if score is None:
+        return PredictingSampler(OBJECTIVES, SPACE, seed=seed, costs=fake_costs)
+    return ScreeningSampler(OBJECTIVES, SPACE, score, seed=seed, costs=fake_costs)
 
 
 SCALES = {"gmacs": 1.0, "latency_ms": 50.0, "peak_mem_mb": 300.0}
