@@ -12,7 +12,8 @@ epochs) for many seeds at no training cost. One CSV row per net; columns:
 - miou_val_s1, miou_val_s2, miou_val (their mean), seconds_val: the validation protocol (10
   epochs, seeds 1000 and 1001, as the search's validated stage), for the first --validate-subset
   nets of the pool (all by default; the pool's order is random, so a prefix is a random subset),
-  or for the nets listed in --validate-list: those that replayed strategies report (replay.py).
+  or for the nets listed in --validate-list: those that replayed strategies report (replay.py);
+  validated_for says which ("subset" or "list": only the subset is a random sample).
 - gmacs, params, params_deployed, peak_mem_mb (exact, at 32x64, as a trial measures them);
   latency_ms, latency_iqr_ms: ONNX Runtime at one thread, as a trial times it, but beside whatever
   else ran (with --workers 2 the other net's training): a noisy figure, to re-time alone if used.
@@ -56,7 +57,7 @@ def columns(epochs: int) -> list[str]:
     """Every row's columns, in one fixed order (rows are appended to one CSV)."""
     curve = [f"miou_e{e}" for e in range(1, epochs + 1)] + [f"loss_e{e}" for e in range(1, epochs + 1)]
     return [*KEY, "tag", "status", "reason", *COSTS, "seconds_costs", *NAMES, "seconds_scores", *curve, "miou_search",
-            "seconds_search", "miou_val_s1", "miou_val_s2", "miou_val", "seconds_val", *PROTOCOL, "spec"]
+            "seconds_search", "miou_val_s1", "miou_val_s2", "miou_val", "seconds_val", "validated_for", *PROTOCOL, "spec"]
 
 
 _DATA: dict = {}
@@ -117,7 +118,7 @@ def measure(job: dict) -> dict:
                 result = fit(spec, data, settings.train_config(job["val_epochs"], seed))
                 row[f"miou_val_s{i}"], seconds = result.miou, seconds + result.train_seconds + result.eval_seconds
             row.update(miou_val=float(np.mean([row[f"miou_val_s{i}"] for i in range(1, len(seeds) + 1)])),
-                       seconds_val=seconds)
+                       seconds_val=seconds, validated_for=job["validated_for"])
         row.update(status="complete", reason="")
     except Exception as exc:  # deterministic training fails again on a re-run: keep the failure as a row
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -174,26 +175,22 @@ def precision_in_bins(score, target, cost, bins: int = 5, top: float = 0.1) -> f
     return float(np.mean(hits))
 
 
-def validated_prefix(table: pd.DataFrame) -> int:
-    """Length of the longest prefix of the pool whose complete nets all have a validated mIoU: a
-    random subset (the pool's order is random), unlike nets validated because a replay reported them."""
-    by_index = {int(r.index): r for r in table.itertuples()}
-    n = 0
-    while n in by_index and (by_index[n].status != "complete" or np.isfinite(by_index[n].miou_val)):
-        n += 1
-    return n
+def random_validated(table: pd.DataFrame) -> pd.DataFrame:
+    """The complete nets validated as the pool's first --validate-subset (a random subset: the
+    pool's order is random), not those validated because a replay reported them (a biased one)."""
+    return table[(table["status"] == "complete") & (table["validated_for"] == "subset") & table["miou_val"].notna()]
 
 
 def summarise(table: pd.DataFrame, epochs: int | None = None) -> pd.DataFrame:
     """For each score (and the baselines params, GMACs and the first and last search-epoch mIoU),
-    against the validated mIoU (on the validated prefix of the pool only, a random subset) and
+    against the validated mIoU (on the random validated subset only) and
     against the search-protocol mIoU (every net): Spearman, the partial Spearman given log-GMACs,
     and precision at the top 10 % within GMACs quintiles."""
     epochs = epochs or max(int(c[6:]) for c in table.columns if c.startswith("miou_e"))
     complete = table[table["status"] == "complete"]
     rows = []
     for target in ("miou_val", "miou_search"):
-        done = complete[complete["index"] < validated_prefix(table)] if target == "miou_val" else complete
+        done = random_validated(table) if target == "miou_val" else complete
         for name in dict.fromkeys((*NAMES, "params", "gmacs", "miou_e1", f"miou_e{epochs}")):
             if name == target or (target == "miou_search" and name == f"miou_e{epochs}"):
                 continue
@@ -255,7 +252,8 @@ def main() -> None:
         if changed:  # the space's declaration changed since: the same seed now draws other nets
             sys.exit(f"{log}: nets {changed[:5]} are not this code's pool of seed {args.pool_seed}; use another --out")
         jobs = [{"pool_seed": args.pool_seed, "index": i, "stage": stage, "validate": validate, "threads": args.threads,
-                 "spec": json.dumps(specs[i].to_dict()), "row": rows.get(i) if stage == "validate" else None, **protocol}
+                 "spec": json.dumps(specs[i].to_dict()), "row": rows.get(i) if stage == "validate" else None,
+                 "validated_for": "list" if args.validate_list else "subset", **protocol}
                 for i, stage, validate in plan(table, args.pool_seed, args.pool, chosen)]
         print(f"pool of {args.pool} (seed {args.pool_seed}), {len(chosen)} chosen for validation: {len(jobs)} jobs to run  [{machine()}]",
               flush=True)

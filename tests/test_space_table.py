@@ -32,6 +32,7 @@ def _synthetic(n=600, seed=0) -> pd.DataFrame:
     t = pd.DataFrame({"index": np.arange(n), "status": "complete", "gmacs": np.exp(log_g), "params": rng.lognormal(13, 1, n),
                       "miou_val": miou, "miou_search": miou + rng.normal(0, 0.01, n), "miou_e1": miou + rng.normal(0, 0.2, n)})
     t["miou_e3"] = t["miou_search"]
+    t["validated_for"] = "subset"
     t["synflow"] = miou  # the answer itself
     t["snip"] = log_g  # GMACs again: no information beyond it
     t["grad_norm"] = log_g + rng.normal(0, 0.01, n)  # GMACs with a little jitter
@@ -77,12 +78,12 @@ def test_plan_skips_what_is_there_and_validates_what_entered_the_subset():
     assert st.plan(None, 0, 2, []) == [(0, "all", False), (1, "all", False)]
 
 
-def test_validated_mIoU_is_summarised_on_the_random_prefix_only():
+def test_validated_mIoU_is_summarised_on_the_random_subset_only():
     t = _synthetic()
     t.loc[t["index"] >= 100, "miou_val"] = math.nan
-    t.loc[t["index"] == 300, "miou_val"] = 0.9  # validated because a replay reported it: not a random net
-    t.loc[t["index"] == 7, "status"] = "failed"  # a failed net does not end the prefix
-    assert st.validated_prefix(t) == 100
+    t["validated_for"] = np.where(t["miou_val"].notna(), "subset", None)
+    t.loc[t["index"].isin([100, 300]), ["miou_val", "validated_for"]] = (0.9, "list")  # a replay reported them
+    t.loc[t["index"] == 7, "status"] = "failed"
     s = st.summarise(t, epochs=3).set_index(["target", "score"])
     assert s.loc[("miou_val", "synflow"), "nets"] == 99 and s.loc[("miou_search", "synflow"), "nets"] == 599
 
@@ -102,11 +103,12 @@ def test_read_table_keeps_the_last_row_of_a_key(tmp_path):
 
 def test_one_net_end_to_end():
     spec = tiny_spec(height=32, width=64, num_classes=8, decoder="dupsample")
-    job = {"pool_seed": 0, "index": 0, "stage": "all", "validate": True, "threads": 1, "spec": json.dumps(spec.to_dict()),
+    job = {"pool_seed": 0, "index": 0, "stage": "all", "validate": True, "validated_for": "subset", "threads": 1,
+           "spec": json.dumps(spec.to_dict()),
            "size": "32x64", "search_epochs": 1, "val_epochs": 1, "val_seeds": "1000/1001", "data_seed": 0, "score_batch": 4}
     row = st.measure(job)
     assert list(row) == st.columns(1) and row["status"] == "complete", row["reason"]
-    assert row["miou_val"] == pytest.approx((row["miou_val_s1"] + row["miou_val_s2"]) / 2)
+    assert row["miou_val"] == pytest.approx((row["miou_val_s1"] + row["miou_val_s2"]) / 2) and row["validated_for"] == "subset"
     assert all(math.isfinite(row[k]) for k in (*NAMES, *st.COSTS, "miou_e1", "loss_e1"))
     again = st.measure({**job, "stage": "validate", "row": {**row, "miou_val": math.nan}})
     assert again["miou_val"] == row["miou_val"] and again["synflow"] == row["synflow"]  # deterministic
