@@ -2,10 +2,12 @@
 free before training, so a strategy can screen many candidates and spend training on the few whose
 predicted mIoU would move the front the most.
 
-`Ensemble` predicts mIoU with its uncertainty (bootstrapped ridge regressions); `expected_gains`
-scores candidates by the hypervolume they are expected to add to the current front, averaging over
-the ensemble's members as samples of what the candidate's mIoU could be. The same two pieces make
-the replayed strategy (benchmarks/replay.py) and the live ones (`--sampler screen`, `--sampler predict`).
+Two live strategies over one costed candidate pool (`PoolSampler`): `--sampler screen` ranks the
+candidates by a training-free score relative to nets of their GMACs (`fisher_screen`, the replay's
+winner); `--sampler predict` by expected hypervolume gain, where `Ensemble` predicts mIoU with its
+uncertainty (bootstrapped ridge regressions) and `expected_gains` averages the hypervolume each
+candidate would add over the ensemble's members. The replay (benchmarks/replay.py) uses the same
+pieces on the space's table.
 """
 from __future__ import annotations
 
@@ -141,14 +143,17 @@ class PoolSampler(ProposingSampler):
         names = {p.name for p in self.space.params}
         known = [t for t in trials if t.params and set(t.params) >= names]
         tried = {active_key(t.params, self.space.params) for t in known}
-        self._reveal(self.first + self.refill * number, tried)
+        self._reveal(self.first + self.refill * number)
         cands = [c for c in self._pool if c[1] not in tried]
+        while not cands:  # every revealed net was tried (a study grown past its pool): reveal further
+            self._reveal(len(self._pool) + 1)
+            cands = [c for c in self._pool[-1:] if c[1] not in tried]
         if len(cands) > MAX_CANDIDATES:  # a long search's backlog: a seeded subset keeps proposals quick
             keep = np.random.default_rng([self.seed, 2, number]).choice(len(cands), MAX_CANDIDATES, replace=False)
             cands = [cands[i] for i in sorted(keep)]
         done = [t for t in known if t.state == TrialState.COMPLETE and t.values]
         if len(done) < self.startup or len(cands) < 2 or not scales:
-            return dict(cands[0][0]) if cands else self._pool[-1][0]
+            return dict(cands[0][0])
         return dict(cands[self.choose(cands, known, done, number, scales)][0])
 
     def choose(self, cands: list, known: list[FrozenTrial], done: list[FrozenTrial], number: int,
@@ -156,7 +161,7 @@ class PoolSampler(ProposingSampler):
         """The index in `cands` of the candidate to train next."""
         raise NotImplementedError
 
-    def _reveal(self, size: int, tried: set) -> None:
+    def _reveal(self, size: int) -> None:
         while len(self._pool) < size:
             rng = np.random.default_rng([self.seed, 1, len(self._pool)])
             values = {p.name: _draw(p, rng) for p in self.space.params}

@@ -33,6 +33,7 @@ from trainers.data import SegData
 from .config import SearchConfig
 from .pareto import Objective, counted_trials
 from .records import CARRIED, COUNTED, Status, StudyKey, TrialKey, TrialOutcome
+from .strategy import ProposingSampler
 from .trial import TrialSettings
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local", "screen", "predict")
@@ -110,8 +111,9 @@ def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegDat
         study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space, data),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
     )
-    if study.trials:
-        # A resumed sampler must not replay the random stream the first run already used.
+    if study.trials and not isinstance(study.sampler, ProposingSampler):
+        # A resumed sampler must not replay the random stream the first run already used. A proposing
+        # sampler draws from (seed, trial number) instead, so it keeps its seed, and with it its pool.
         study.sampler = make_sampler(cfg.options.sampler, cfg.meaning.seed + len(study.trials), cfg.budget, cfg.objectives, space, data)
     return study
 

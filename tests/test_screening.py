@@ -101,3 +101,9 @@ def test_screening_proposes_the_best_screened_candidate_for_its_GMACs():
     tried = {active_key(p) for p in proposals[:7]}
     best = max((q[i] - intercept - slope * g[i], i) for i, (_, key, _) in enumerate(pool) if key not in tried)[1]
     assert active_key(proposals[7]) == pool[best][1]
+
+
+def test_a_study_that_outgrows_its_pool_still_proposes_new_nets():
+    sampler = PredictingSampler(OBJECTIVES, SPACE, seed=0, costs=fake_costs, first=2, refill=0)
+    keys = [active_key(p) for p in run(sampler, 8, scales=SCALES)]
+    assert len(set(keys)) == 8 and len(sampler._pool) >= 8

@@ -104,6 +104,17 @@ def test_interrupted_search_resumes_to_exactly_budget(tmp_path):
     assert (first["state"] != "").all()
 
 
+def test_a_resumed_proposing_sampler_keeps_its_seed(tmp_path):
+    cfg = make_config(tmp_path, "--sampler", "local")
+    cfg.run_dir.mkdir(parents=True)
+    study = open_study(cfg)
+    study.enqueue_trial({})
+    study.ask()
+    # its proposals come from (seed, trial number): a new seed on resume would change them (the
+    # screening sampler's whole candidate pool with it)
+    assert open_study(cfg).sampler.seed == cfg.meaning.seed == 1
+
+
 def test_export_any_trial_and_a_verified_onnx(run, tmp_path):
     from nas import export
     table = pd.read_csv(run.run_dir / "trials.csv")

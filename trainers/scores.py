@@ -13,7 +13,9 @@ Lightweight NAS", ICLR 2021, as also packaged in NASLib), adapted to segmentatio
 - NASWOT and fisher see every ReLU, functional or module (this space's blocks use both), and only
   activations with one row per image: TVConv's weight generator runs on its affinity maps, not on
   the images, so its activations describe no sample.
-Higher is better for every score as defined here (the reference's sign conventions).
+Each score keeps the reference's sign, under which higher is meant to be better; on this space the
+gradient scores (synflow, snip, grad_norm, fisher) turn out to rank mIoU backwards among nets of
+equal GMACs, which is why the screen prefers low fisher (docs/benchmarks.md, training-free scores).
 """
 from __future__ import annotations
 
