@@ -13,8 +13,8 @@ linear ones. The validated stage costs every strategy the same, so it is not cha
 Objectives: mIoU, GMACs and peak activation memory. The table's latency was timed beside another
 training, too noisy to rank nets by; GMACs and memory are exact. The presets are not in the pool.
 
-    python benchmarks/replay.py                 # every strategy, 50 paired seeds -> replay.csv
-    python benchmarks/replay.py --seeds 100 --nets 30
+    python benchmarks/replay.py --pool 150      # every strategy, 50 paired seeds -> replay.csv
+    python benchmarks/replay.py --pool 150 --screens=naswot,-synflow   # screening by other scores too
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,9 @@ OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"], OBJECTIVES["memory"])
 COSTS = [o.key for o in OBJS[1:]]
 EPOCHS = 3
 VAL_MAX = 12  # the search's default --val-max
-# Screening's score and its sign: fisher, whose partial rank correlation with search-protocol mIoU
-# given GMACs is the strongest of the six on the whole table, and negative (docs/benchmarks.md).
-SCORE, SIGN = "fisher", -1.0
+# Screening's score, "-" for lower is better: fisher, whose partial rank correlation with mIoU given
+# GMACs is the strongest of the six on the whole table, and negative (docs/benchmarks.md).
+SCREEN = "-fisher"
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,25 @@ class Pool:
     x: np.ndarray  # encoding + log costs: what the live predictor sees before training
     xs: np.ndarray  # and the score quantiles
     code: np.ndarray  # the encoding alone, for local search's distances
-    score: np.ndarray  # SCORE's quantile, adjusted for GMACs (residual of its rank on log GMACs')
+    score: np.ndarray  # the screen's quantile, adjusted for GMACs (residual of its rank on log GMACs')
     scales: dict  # the hypervolume reference of each cost
+    raw_scores: pd.DataFrame  # every training-free score, for screening by another one
 
     def __len__(self) -> int:
         return len(self.val)
 
 
-def load_pool(path: Path, scales: dict, first: int | None = None) -> Pool:
+def screened(scores: pd.DataFrame, gmacs: np.ndarray, screen: str) -> np.ndarray:
+    """How much better each net screens than nets of its GMACs: the residual of the rank quantile of
+    score column `screen` ("-" first: lower is better) regressed on log GMACs."""
+    s = quantiles((-1.0 if screen.startswith("-") else 1.0) * scores[[screen.lstrip("-")]].to_numpy(float))[:, 0]
+    fit = np.column_stack([np.ones(len(s)), np.log(gmacs)])
+    return s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
+
+
+def load_pool(path: Path, scales: dict, first: int | None = None, screen: str = SCREEN) -> Pool:
     """The nets of the table's pool (its first `first` indices: a random subset, the pool's order
-    being random) that have a complete search-protocol curve."""
+    being random) that have a complete search-protocol curve, screened by `screen`."""
     from nas.strategy import features
     from search_spaces import ArchSpec
     from search_spaces.space import SearchSpace
@@ -76,12 +85,9 @@ def load_pool(path: Path, scales: dict, first: int | None = None) -> Pool:
     code = np.array([features(space.encode(s)) for s in specs])
     costs = t[COSTS].to_numpy(float)
     q = quantiles(t[list(NAMES)].to_numpy(float))
-    lg = np.log(costs[:, :1])
-    fit = np.column_stack([np.ones(len(t)), lg])
-    s = quantiles(SIGN * t[[SCORE]].to_numpy(float))[:, 0]
-    adjusted = s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
     return Pool(index=t["index"].to_numpy(int), curve=t[[f"miou_e{e}" for e in range(1, EPOCHS + 1)]].to_numpy(float), val=t["miou_val"].to_numpy(float),
-                costs=costs, x=np.column_stack([code, np.log(costs)]), xs=np.column_stack([code, np.log(costs), q]), code=code, score=adjusted, scales=scales)
+                costs=costs, x=np.column_stack([code, np.log(costs)]), xs=np.column_stack([code, np.log(costs), q]), code=code,
+                score=screened(t, costs[:, 0], screen), scales=scales, raw_scores=t[list(NAMES)])
 
 
 class Run:
@@ -293,28 +299,47 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--nets", default="20", help="budgets, comma list: random search's nets at full training")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--name", default="replay", help="the outputs' name: NAME.csv, NAME_runs.csv, NAME_needed.txt")
+    p.add_argument("--screens", default="",
+                   help='also replay screening by these scores (comma list, "-" first for lower is better)')
     args = p.parse_args()
+    from trainers.scores import NAMES
+
+    unknown = [n for n in args.strategies.split(",") if n not in STRATEGIES]
+    if unknown:
+        p.error(f"--strategies: {', '.join(unknown)} unknown; choose from {', '.join(STRATEGIES)}")
+    screens = [x for x in args.screens.split(",") if x]
+    for x in screens:
+        if x.lstrip("-") not in NAMES:
+            p.error(f"--screens: {x!r} is not a score; one of {', '.join(NAMES)}, with a leading - for lower is better")
+    if not Path(args.table).is_file():
+        p.error(f"--table {args.table}: no such file (benchmarks/space_table.py writes it)")
     pool = load_pool(Path(args.table), reference_scales(), args.pool)
     start = time.perf_counter()
-    runs = pd.DataFrame([replay(pool, name, int(n), seed) for n in args.nets.split(",")
-                         for name in args.strategies.split(",") for seed in range(args.seeds)])
+    runs = [replay(pool, name, int(n), seed) for n in args.nets.split(",")
+            for name in args.strategies.split(",") for seed in range(args.seeds)]
+    for x in screens:  # the screen strategy on another score's ranking, named after it
+        other = replace(pool, score=screened(pool.raw_scores, pool.costs[:, 0], x))
+        runs += [{**replay(other, "screen", int(n), seed), "strategy": f"screen {x}"}
+                 for n in args.nets.split(",") for seed in range(args.seeds)]
+    runs = pd.DataFrame(runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(RESULTS / "replay_runs.csv", index=False)
+    runs.to_csv(RESULTS / f"{args.name}_runs.csv", index=False)
     missing = needed(runs, pool)
-    (RESULTS / "replay_needed.txt").unlink(missing_ok=True)  # a list from an earlier run would mislead
+    (RESULTS / f"{args.name}_needed.txt").unlink(missing_ok=True)  # a list from an earlier run would mislead
     if len(missing):
-        (RESULTS / "replay_needed.txt").write_text("\n".join(map(str, missing)) + "\n")
+        (RESULTS / f"{args.name}_needed.txt").write_text("\n".join(map(str, missing)) + "\n")
         print(f"{len(missing)} reported nets have no validated mIoU yet, most reported first in "
-              f"{RESULTS / 'replay_needed.txt'}: validate them with space_table.py --validate-list; "
+              f"{RESULTS / f'{args.name}_needed.txt'}: validate them with space_table.py --validate-list; "
               f"{int(runs.hv_log.notna().sum())} of {len(runs)} runs are scored")
         runs = runs[runs.groupby(["nets", "seed"]).hv_log.transform(lambda v: v.notna().all())]  # keep the pairs whole
         if runs.empty:
             return
     summary = summarise(runs)
-    summary.to_csv(RESULTS / "replay.csv", index=False)
+    summary.to_csv(RESULTS / f"{args.name}.csv", index=False)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\npool of {len(pool)} validated nets; {len(runs)} runs in {time.perf_counter() - start:.0f} s  "
-          f"[{machine()}]\nwrote {RESULTS / 'replay.csv'}")
+          f"[{machine()}]\nwrote {RESULTS / f'{args.name}.csv'}")
 
 
 if __name__ == "__main__":

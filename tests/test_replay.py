@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,7 +22,17 @@ def synthetic_pool(n: int = 40, seed: int = 0) -> rp.Pool:
     x = np.column_stack([code, np.log(gmacs), np.log(memory)])
     return rp.Pool(index=np.arange(n), curve=curve, val=final + 0.05, costs=np.column_stack([gmacs, memory]),
                    x=x, xs=np.column_stack([x, rng.random(n)]), code=code, score=rng.normal(size=n),
-                   scales={"gmacs": 0.5, "peak_mem_mb": 10.0})
+                   scales={"gmacs": 0.5, "peak_mem_mb": 10.0}, raw_scores=pd.DataFrame({"fisher": rng.normal(size=n)}))
+
+
+def test_screened_is_the_score_rank_beyond_what_GMACs_predict():
+    gmacs = np.exp([0.0, 1.0, 2.0, 3.0])
+    # -fisher's rank quantiles 0, 1/3, 2/3, 1 rise exactly with log GMACs: nothing beyond it
+    assert rp.screened(pd.DataFrame({"fisher": [4, 3, 2, 1]}), gmacs, "-fisher") == pytest.approx([0] * 4, abs=1e-12)
+    # quantiles 1/3, 0, 2/3, 1 on log GMACs 0..3: least squares 0.1 + 0.2667 x, residuals by hand
+    got = rp.screened(pd.DataFrame({"fisher": [3, 4, 2, 1]}), gmacs, "-fisher")
+    assert got == pytest.approx([7 / 30, -11 / 30, 1 / 30, 0.1])
+    assert rp.screened(pd.DataFrame({"fisher": [2, 1, 3, 4]}), gmacs, "fisher") == pytest.approx(got)
 
 
 @pytest.mark.parametrize("name", list(rp.STRATEGIES))
