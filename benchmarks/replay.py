@@ -170,6 +170,8 @@ def main() -> None:
     p.add_argument("--table", default=str(RESULTS / "space_table.csv"))
     p.add_argument("--pool", type=int, default=None,
                    help="replay on the table's first N nets (default: all); every net a run reports needs its validated mIoU")
+    p.add_argument("--pool-from", type=int, default=0,
+                   help="the pool's first net: another slice of the table (e.g. 150) checks a choice made on the first")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--nets", default="20", help="budgets, comma list: random search's nets at full training")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -188,7 +190,7 @@ def main() -> None:
             p.error(f"--screens: {x!r} is not a score; one of {', '.join(NAMES)}, with a leading - for lower is better")
     if not Path(args.table).is_file():
         p.error(f"--table {args.table}: no such file (benchmarks/space_table.py writes it)")
-    pool = load_pool(Path(args.table), reference_scales(), args.pool)
+    pool = load_pool(Path(args.table), reference_scales(), args.pool, start=args.pool_from)
     start = time.perf_counter()
     runs = [replay(pool, name, int(n), seed) for n in args.nets.split(",")
             for name in args.strategies.split(",") for seed in range(args.seeds)]

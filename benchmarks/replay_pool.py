@@ -50,16 +50,17 @@ def screened(scores: pd.DataFrame, gmacs: np.ndarray, screen: str) -> np.ndarray
     return s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
 
 
-def load_pool(path: Path, scales: dict, first: int | None = None, screen: str = SCREEN) -> Pool:
-    """The nets of the table's pool (its first `first` indices: a random subset, the pool's order
-    being random) that have a complete search-protocol curve, screened by `screen`."""
+def load_pool(path: Path, scales: dict, first: int | None = None, screen: str = SCREEN, start: int = 0) -> Pool:
+    """The nets of the table's pool with indices `start` to `start + first` (a random subset: the
+    pool's order is random) that have a complete search-protocol curve, screened by `screen`."""
     from nas.strategy import features
     from search_spaces import ArchSpec
     from search_spaces.space import SearchSpace
     from trainers.scores import NAMES
 
     t = pd.read_csv(path).drop_duplicates(["pool_seed", "index"], keep="last")
-    t = t[(t["status"] == "complete") & t[f"miou_e{EPOCHS}"].notna() & (t["index"] < (first or len(t) + 10**9))]
+    t = t[(t["status"] == "complete") & t[f"miou_e{EPOCHS}"].notna() & (t["index"] >= start)
+          & (t["index"] < start + (first or len(t) + 10**9))]
     t = t.sort_values("index").reset_index(drop=True)
     specs = [ArchSpec.from_dict(json.loads(s)) for s in t["spec"]]
     space = SearchSpace(specs[0].input)

@@ -73,3 +73,10 @@ def test_a_reported_net_without_a_validated_mIoU_leaves_the_run_unscored():
     run = rp.Run(pool, rp.EPOCHS, np.random.default_rng(0))
     run.train(0, rp.EPOCHS)
     assert np.isnan(run.validated_hv("log"))
+
+
+def test_a_pool_is_a_slice_of_the_table_by_index():
+    table = Path(__file__).resolve().parent.parent / "results" / "bench" / "space_table.csv"
+    pool = rp.load_pool(table, {"gmacs": 1.0, "peak_mem_mb": 1.0}, 10, start=150)
+    assert set(pool.index) <= set(range(150, 160)) and len(pool) >= 9  # a failed net would be left out
+    assert rp.load_pool(table, {"gmacs": 1.0, "peak_mem_mb": 1.0}, 10).index.max() < 10
