@@ -1,6 +1,7 @@
 """Shared by the benchmark scripts: where results go, how tables are printed."""
 from __future__ import annotations
 
+import math
 import platform
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -69,6 +70,8 @@ def paired_ratio(runs: pd.DataFrame, name: str, column: str, rng: np.random.Gene
     a = runs[runs.strategy == name].set_index("seed")[column].dropna()
     b = runs[runs.strategy == baseline].set_index("seed")[column].reindex(a.index)
     a, b = a[b.notna()], b[b.notna()]
+    if len(a) < 2:  # one pair has no spread to resample
+        return float(a.mean() / b.mean()) if len(a) else math.nan, math.nan, math.nan
     idx = rng.integers(0, len(a), (draws, len(a)))
     boot = a.to_numpy()[idx].mean(1) / b.to_numpy()[idx].mean(1)
     return float(a.mean() / b.mean()), *map(float, np.percentile(boot, [2.5, 97.5]))

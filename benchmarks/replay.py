@@ -132,13 +132,13 @@ def replay(pool: Pool, name: str, nets: int, seed: int) -> dict:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
     rows = []
     for (nets, name), g in runs.groupby(["nets", "strategy"], sort=False):
         row = {"nets": nets, "strategy": name, "seeds": len(g), "spent_epochs": g.spent_epochs.mean(),
                "trained": g.trained.mean()}
         for col in ("hv_log", "hv_lin"):
-            ratio, lo, hi = paired_ratio(runs[runs.nets == nets], name, col, rng)
+            # a generator per strategy: its interval does not depend on which others were replayed
+            ratio, lo, hi = paired_ratio(runs[runs.nets == nets], name, col, np.random.default_rng(0))
             row.update({col: g[col].mean(), f"{col}_sd": g[col].std(), f"{col}_ratio": ratio,
                         f"{col}_lo": lo, f"{col}_hi": hi})
         rows.append(row)
@@ -177,13 +177,16 @@ def main() -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--name", default="replay", help="the outputs' name: NAME.csv, NAME_runs.csv, NAME_needed.txt")
     p.add_argument("--screens", default="",
-                   help='also replay screening by these scores (comma list, "-" first for lower is better)')
+                   help='also replay screening by these scores: a comma list, "-" first for lower is better '
+                        '(write --screens=-fisher,naswot: a value that starts with "-" needs the "=")')
     args = p.parse_args()
     from trainers.scores import NAMES
 
     unknown = [n for n in args.strategies.split(",") if n not in STRATEGIES]
     if unknown:
         p.error(f"--strategies: {', '.join(unknown)} unknown; choose from {', '.join(STRATEGIES)}")
+    if "random" not in args.strategies.split(","):
+        p.error(f"--strategies {args.strategies}: random is missing; every ratio is to random search")
     screens = [x for x in args.screens.split(",") if x]
     for x in screens:
         if x.lstrip("-") not in NAMES:
@@ -191,6 +194,8 @@ def main() -> None:
     if not Path(args.table).is_file():
         p.error(f"--table {args.table}: no such file (benchmarks/space_table.py writes it)")
     pool = load_pool(Path(args.table), reference_scales(), args.pool, start=args.pool_from)
+    if len(pool) < 2:
+        p.error(f"--pool-from {args.pool_from} --pool {args.pool}: {len(pool)} complete nets of the table there")
     start = time.perf_counter()
     runs = [replay(pool, name, int(n), seed) for n in args.nets.split(",")
             for name in args.strategies.split(",") for seed in range(args.seeds)]

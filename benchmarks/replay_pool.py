@@ -19,8 +19,8 @@ OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"], OBJECTIVES["memory"])
 COSTS = [o.key for o in OBJS[1:]]
 EPOCHS = 3
 VAL_MAX = 12  # the search's default --val-max
-# Screening's score, "-" for lower is better: fisher, whose partial rank correlation with mIoU given
-# GMACs is the strongest of the six on the whole table, and negative (docs/benchmarks.md).
+# Screening's score, "-" for lower is better: fisher, whose partial rank correlation with search-protocol
+# mIoU given GMACs was the strongest of the six on the whole table, and negative (docs/benchmarks.md).
 SCREEN = "-fisher"
 
 

@@ -175,7 +175,7 @@ def paired(table: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     the baseline's with a 95 % bootstrap interval, the comparison every replay table also uses."""
     rows = []
     for name, runs in table.groupby("strategy"):
-        row = {"strategy": name, "seeds": len(runs), "mean_total_s": runs["total_s"].mean()}
+        row = {"strategy": name, "seeds": int(runs["validated_hv"].notna().sum()), "mean_total_s": runs["total_s"].mean()}
         for column, tag in (("validated_hv", ""), ("validated_hv_log", "log_")):
             if column in table and runs[column].notna().any():  # runs logged before log HV lack it
                 ratio, low, high = paired_ratio(table, name, column, np.random.default_rng(0), baseline=baseline)

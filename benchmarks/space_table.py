@@ -231,7 +231,8 @@ def main() -> None:
     if not args.summary:
         if table is not None:
             if list(pd.read_csv(log, nrows=0).columns) != columns(args.epochs):
-                sys.exit(f"{log}: its columns are not this run's ({args.epochs} search epochs); use another --out")
+                sys.exit(f"{log}: its columns are not this code's for {args.epochs} search epochs (another --epochs, "
+                         "or a table from before a column was added); use another --out")
             other = table[[k for k in PROTOCOL]].astype(str).ne(pd.Series(protocol).astype(str)).any(axis=1)
             if other.any():
                 sys.exit(f"{log}: {int(other.sum())} rows were made with another protocol than {protocol}; use another --out")
@@ -269,6 +270,8 @@ def main() -> None:
             tmp.replace(log)
     if table is None:
         sys.exit(f"{log}: no table yet")
+    if "validated_for" not in table:
+        sys.exit(f"{log}: no validated_for column (a table from before it was added): say which nets are the random subset")
     summary = summarise(table)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(scores_path, index=False)

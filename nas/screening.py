@@ -76,7 +76,7 @@ def quantiles(values: np.ndarray) -> np.ndarray:
 
 # --- the live sampler ---------------------------------------------------------------------------
 POOL_COSTS = ("gmacs", "params", "peak_mem_mb")  # exact and quick to count in the driver (no timing)
-MAX_CANDIDATES = 64  # untried candidates scored per proposal
+MAX_CANDIDATES = 64  # untried candidates chosen among per proposal (a seeded subset of the backlog)
 
 
 def pool_costs(spec) -> dict[str, float]:

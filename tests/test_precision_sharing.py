@@ -20,14 +20,12 @@ from helpers import tiny_spec
 
 @pytest.mark.parametrize("core", CORES)
 def test_bf16_autocast_forward_and_backward_are_finite_over_the_space(core):
-    # 40 x 40, not 32 x 32: at 32 the attention pyramid's third level is a strided conv on a 1 x 1 map, and
-    # torch's CPU bf16 weight gradient for that case reads uninitialised memory (sporadic inf/NaN in its
-    # padding-only taps, which are 0 by hand: F.conv2d(randn(2,1,1,1), w, stride=2, padding=1) under
-    # autocast gives inf/NaN in w.grad in ~60 % of tries with torch 2.13). 40 keeps every such map >= 2 x 2.
+    # At the search's 32 x 64, not a square 32 x 32: there the attention pyramid's third level is a strided
+    # conv on a 1 x 1 map, whose CPU bf16 weight gradient torch leaves partly uninitialised (docs/gpus.md).
     torch.manual_seed(0)
-    x, y = torch.randn(2, 3, 40, 40), torch.randint(0, 3, (2, 40, 40))
+    x, y = torch.randn(2, 3, 32, 64), torch.randint(0, 3, (2, 32, 64))
     for decoder, downsampler, tv in itertools.product(DECODERS, DOWNSAMPLERS, TVCONV_DEPTHS):
-        spec = tiny_spec(core=core, decoder=decoder, downsampler=downsampler, tvconv_from=tv, height=40, width=40)
+        spec = tiny_spec(core=core, decoder=decoder, downsampler=downsampler, tvconv_from=tv, height=32, width=64)
         model = build_model(spec).train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)

@@ -50,7 +50,7 @@ def fake_score(spec) -> float:
     return -fake_outcome(SPACE.encode(spec))[0]
 
 
-def screening(seed: int, score=None) -> ScreeningSampler | PredictingSampler:
+def pool_sampler(seed: int, score=None) -> ScreeningSampler | PredictingSampler:
     """The screening sampler with `score`, the predicting one without."""
     if score is None:
         return PredictingSampler(OBJECTIVES, SPACE, seed=seed, costs=fake_costs)
@@ -61,16 +61,16 @@ SCALES = {"gmacs": 1.0, "latency_ms": 50.0, "peak_mem_mb": 300.0}
 
 
 def test_same_seed_same_proposals_other_seed_other():
-    a = run(screening(3), 24, stop_every=3, scales=SCALES)
-    b = run(screening(3), 24, stop_every=3, scales=SCALES)
-    c = run(screening(4), 24, stop_every=3, scales=SCALES)
+    a = run(pool_sampler(3), 24, stop_every=3, scales=SCALES)
+    b = run(pool_sampler(3), 24, stop_every=3, scales=SCALES)
+    c = run(pool_sampler(4), 24, stop_every=3, scales=SCALES)
     assert a == b and a != c
 
 
 @settings(max_examples=6, deadline=None)
 @given(seed=hs.integers(0, 10_000), stop_every=hs.sampled_from([0, 2, 3]), screen=hs.booleans())
 def test_proposals_are_valid_and_never_repeat(seed, stop_every, screen):
-    proposals = run(screening(seed, fake_score if screen else None), 20, stop_every=stop_every, scales=SCALES)
+    proposals = run(pool_sampler(seed, fake_score if screen else None), 20, stop_every=stop_every, scales=SCALES)
     keys = [active_key(p) for p in proposals]
     assert len(set(keys)) == len(keys)
     for p in proposals:
@@ -79,7 +79,7 @@ def test_proposals_are_valid_and_never_repeat(seed, stop_every, screen):
 
 
 def test_the_model_takes_over_from_the_pool_order_after_startup():
-    sampler = screening(0)
+    sampler = pool_sampler(0)
     proposals = run(sampler, 12, scales=SCALES)
     pool = [active_key(v) for v, _, _ in sampler._pool]
     first = [pool.index(active_key(p)) for p in proposals]
@@ -88,9 +88,9 @@ def test_the_model_takes_over_from_the_pool_order_after_startup():
 
 
 def test_screening_proposes_the_best_screened_candidate_for_its_GMACs():
-    sampler = screening(0, fake_score)
+    sampler = pool_sampler(0, fake_score)
     proposals = run(sampler, 8, scales=SCALES)
-    later = run(screening(0, fake_score), 8, scales=SCALES)
+    later = run(pool_sampler(0, fake_score), 8, scales=SCALES)
     assert proposals == later  # same seed, same proposals
     # by hand: after start-up, the proposal is the untried revealed candidate whose score rank, less
     # what its GMACs predict (least squares on log GMACs over the revealed pool), is largest
@@ -103,7 +103,10 @@ def test_screening_proposes_the_best_screened_candidate_for_its_GMACs():
     assert active_key(proposals[7]) == pool[best][1]
 
 
-def test_a_study_that_outgrows_its_pool_still_proposes_new_nets():
-    sampler = PredictingSampler(OBJECTIVES, SPACE, seed=0, costs=fake_costs, first=2, refill=0)
-    keys = [active_key(p) for p in run(sampler, 8, scales=SCALES)]
-    assert len(set(keys)) == 8 and len(sampler._pool) >= 8
+@pytest.mark.parametrize("score", [None, fake_score])
+def test_a_study_that_outgrows_its_pool_still_proposes_new_nets(score):
+    pool = dict(seed=0, costs=fake_costs, first=6, refill=0, startup=2)  # chosen, then exhausted
+    sampler = (PredictingSampler(OBJECTIVES, SPACE, **pool) if score is None
+               else ScreeningSampler(OBJECTIVES, SPACE, score, **pool))
+    keys = [active_key(p) for p in run(sampler, 10, scales=SCALES)]
+    assert len(set(keys)) == 10 and len(sampler._pool) >= 10
