@@ -13,7 +13,7 @@ import pandas as pd
 
 from nas.pareto import OBJECTIVES, crowding_distances, hypervolume, log_losses, losses, non_domination_ranks
 from nas.promotion import promotes, rungs
-from nas.screening import quantiles
+from nas.screening import gmacs_residuals, quantiles
 
 OBJS = (OBJECTIVES["miou"], OBJECTIVES["gmacs"], OBJECTIVES["memory"])
 COSTS = [o.key for o in OBJS[1:]]
@@ -45,9 +45,7 @@ class Pool:
 def screened(scores: pd.DataFrame, gmacs: np.ndarray, screen: str) -> np.ndarray:
     """How much better each net screens than nets of its GMACs: the residual of the rank quantile of
     score column `screen` ("-" first: lower is better) regressed on log GMACs."""
-    s = quantiles((-1.0 if screen.startswith("-") else 1.0) * scores[[screen.lstrip("-")]].to_numpy(float))[:, 0]
-    fit = np.column_stack([np.ones(len(s)), np.log(gmacs)])
-    return s - fit @ np.linalg.lstsq(fit, s, rcond=None)[0]
+    return gmacs_residuals((-1.0 if screen.startswith("-") else 1.0) * scores[screen.lstrip("-")].to_numpy(float), gmacs)
 
 
 def load_pool(path: Path, scales: dict, first: int | None = None, screen: str = SCREEN, start: int = 0) -> Pool:

@@ -74,6 +74,14 @@ def quantiles(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def gmacs_residuals(higher_better: np.ndarray, gmacs: np.ndarray) -> np.ndarray:
+    """How much better each net screens than nets of its GMACs: the residual of its score's rank
+    quantile regressed (least squares, with intercept) on log GMACs."""
+    q = quantiles(np.asarray(higher_better, dtype=float).reshape(-1, 1))[:, 0]
+    fit = np.column_stack([np.ones(len(q)), np.log(gmacs)])
+    return q - fit @ np.linalg.lstsq(fit, q, rcond=None)[0]
+
+
 # --- the live sampler ---------------------------------------------------------------------------
 POOL_COSTS = ("gmacs", "params", "peak_mem_mb")  # exact and quick to count in the driver (no timing)
 MAX_CANDIDATES = 64  # untried candidates chosen among per proposal (a seeded subset of the backlog)
@@ -197,9 +205,8 @@ class ScreeningSampler(PoolSampler):
         for values, key, _ in self._pool:
             if key not in self._scores:
                 self._scores[key] = self.score(self.space.decode(self.space.active_values(values)))
-        q = quantiles(-np.array([[self._scores[key]] for _, key, _ in self._pool]))[:, 0]
-        fit = np.column_stack([np.ones(len(self._pool)), np.log([c["gmacs"] for _, _, c in self._pool])])
-        residual = q - fit @ np.linalg.lstsq(fit, q, rcond=None)[0]
+        residual = gmacs_residuals(-np.array([self._scores[key] for _, key, _ in self._pool]),
+                                   np.array([c["gmacs"] for _, _, c in self._pool]))
         self._residuals = (len(self._pool), {key: float(r) for (_, key, _), r in zip(self._pool, residual)})
         return self._residuals[1]
 
