@@ -118,6 +118,10 @@ def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegDat
     return study
 
 
+# PostgreSQL's codes for unique_violation, duplicate_table and duplicate_object
+_LOST_CREATE_RACE = {"23505", "42P07", "42710"}
+
+
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
@@ -130,9 +134,12 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
     for attempt in range(4):
         try:
             return storage()
-        except sqlalchemy.exc.IntegrityError:
-            # Drivers started together on a fresh PostgreSQL database race to create Optuna's tables:
-            # the loser's CREATE hits a unique index of the catalogue, and the winner's tables are there now.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Drivers started together on a fresh PostgreSQL database race to create Optuna's tables: the
+            # loser's CREATE hits the catalogue's unique index or finds the table made, and the winner's
+            # tables are there now. Any other error is the user's to see.
+            if getattr(exc.orig, "pgcode", None) not in _LOST_CREATE_RACE:
+                raise
             time.sleep(0.5 * (attempt + 1))
     return storage()  # the last try lets any error through
 
