@@ -52,8 +52,8 @@ st.open_study(cfg)
 
 def test_drivers_opening_a_fresh_database_together_all_get_the_study(tmp_path, postgres_url):
     # Each opener creates Optuna's tables if missing; on PostgreSQL the losers of that race used to be
-    # refused with "--storage cannot be opened" (a table already made, or a unique index of the catalogue), so one of several
-    # drivers started together died.
+    # refused with "--storage cannot be opened" (a table already made, or a unique index of the
+    # catalogue), so one of several drivers started together died.
     go = tmp_path / "go"
     outs = [tmp_path / f"d{i}" for i in range(6)]
     procs = [subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(Path(__file__).parent), str(out), postgres_url,
