@@ -8,11 +8,13 @@ was shut down (left RUNNING, so --resume runs it again).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 import optuna
+from ray import cloudpickle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -141,11 +143,24 @@ class ErrorCallback(Callback):
         self.searcher = searcher
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        try:
-            exc = trial.get_pickled_error()
-        except Exception:  # no readable error: judged a failure
-            exc = None
-        self.searcher.judge_error(trial.trial_id, exc)
+        self.searcher.judge_error(trial.trial_id, latest_error(trial))
+
+
+def latest_error(trial) -> BaseException | None:
+    """The error that just ended a Ray Tune trial (None: none readable, judged a failure).
+
+    Ray Tune writes it at once into the trial's folder on the driver but copies it to the run's
+    storage only at its next sync: read from storage, a trial that failed twice in one moment (two
+    calls on its lost node's actor) has no error yet, and one that failed twice apart has the first.
+    """
+    path = trial.pickled_error_file
+    try:
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                return cloudpickle.load(f)
+        return trial.get_pickled_error()
+    except Exception:
+        return None
 
 
 class ProgressCallback(Callback):

@@ -233,7 +233,8 @@ def test_worker_nodes_die_mid_search_and_fresh_ones_take_over(cluster, tmp_path)
     trials = study.get_trials(deepcopy=False)
     requeued = sorted(t.number for t in trials if t.user_attrs.get("interrupted"))
     print(f"killed two worker nodes with trials {sorted(interrupted)} running; queued again by the driver: {requeued}")
-    assert not [t.number for t in counted_trials(study) if t.user_attrs["status"] == "failed"]
+    failed = [(t.number, t.user_attrs.get("reason")) for t in counted_trials(study) if t.user_attrs["status"] == "failed"]
+    assert not failed, failed
     for n in interrupted:  # run again: Ray Tune's retry of the same trial, or queued again by the driver
         t = last_repeat(trials, trials[n])
         assert t.state == TrialState.COMPLETE, (n, t.user_attrs.get("status"), t.user_attrs.get("reason"))
