@@ -153,8 +153,8 @@ def latest_error(trial) -> BaseException | None:
     storage only at its next sync: read from storage, a trial that failed twice in one moment (two
     calls on its lost node's actor) has no error yet, and one that failed twice apart has the first.
     """
-    path = trial.pickled_error_file
     try:
+        path = trial.pickled_error_file
         if path and os.path.exists(path):
             with open(path, "rb") as f:
                 return cloudpickle.load(f)
