@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, to_float
+from .device import Device
 from .gpu_share import usable_bytes
 
 # A GPU holds the uint8 split when it takes at most this share of the memory the trial may still
@@ -59,9 +60,10 @@ def _axis(size: int, zoomed: torch.Tensor, offset: torch.Tensor, flip: torch.Ten
     return coord.float(), index
 
 
-def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device | Device) -> torch.Tensor:
     """A host tensor on `device`; to a GPU through pinned memory, so the copy does not wait on the host."""
-    if torch.device(device).type == "cuda":
+    device = device.torch if isinstance(device, Device) else device
+    if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
@@ -97,10 +99,10 @@ class TrainBatches:
     an eighth of int64 masks'.
     """
 
-    def __init__(self, split: Split, device: str | torch.device):
-        self.device = torch.device(device)
-        self.staged = (self.device.type == "cuda"
-                       and split.nbytes > RESIDENT_SHARE * usable_bytes(str(self.device)))
+    def __init__(self, split: Split, device: str | Device):
+        target = Device.of(device)
+        self.device = target.torch
+        self.staged = target.is_cuda and split.nbytes > RESIDENT_SHARE * usable_bytes(target)
         self.images, self.masks = split.images, split.masks
         if not self.staged:  # a no-op on the CPU
             self.images, self.masks = self.images.to(self.device), self.masks.to(self.device)

@@ -31,6 +31,7 @@ from search_spaces.blocks import TVConv
 from search_spaces.blocks.dupsample import DUpsamplingDecoder
 
 from .deploy import available_providers, measure_onnx_latency
+from .device import Device
 from .timing import LatencyStats, example_input, measure_latency, timing_lock, warm_caches
 
 # Ops that cost no multiply-adds by this project's convention (see the module docstring).
@@ -105,19 +106,21 @@ def count_deployed_params(model: nn.Module) -> int:
     return total
 
 
-def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> float:
+def measure_peak_memory_mb(model: nn.Module, spec: ArchSpec, device: str | Device = "cpu") -> float:
     """Peak activation memory (MB = 2^20 bytes) of one batch-1 inference, weights excluded."""
-    model = model.to(device).eval()
+    device = Device.of(device)
+    model = model.to(device.torch).eval()
     warm_caches(model, spec, device)
     x = example_input(spec, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    if device.is_cuda:
+        card = device.torch
+        torch.cuda.synchronize(card)
+        torch.cuda.reset_peak_memory_stats(card)
+        base = torch.cuda.memory_allocated(card)
         with torch.inference_mode():
             model(x)
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        torch.cuda.synchronize(card)
+        return (torch.cuda.max_memory_allocated(card) - base) / 2**20
     return _cpu_peak_bytes(model, x) / 2**20
 
 
@@ -165,9 +168,9 @@ class LatencyBackend:
     missing: str = ""
     fix: str = ""
 
-    def serves(self, device: str, providers: Sequence[str] | None = None) -> bool:
+    def serves(self, device: str | Device, providers: Sequence[str] | None = None) -> bool:
         """Whether it can time on `device`, given ONNX Runtime's providers (this machine's unless given)."""
-        if self.cuda_provider is None or not device.startswith("cuda"):
+        if self.cuda_provider is None or not Device.of(device).is_cuda:
             return True
         return self.cuda_provider in (available_providers() if providers is None else providers)
 
@@ -183,12 +186,12 @@ LATENCY_BACKENDS = tuple(BACKENDS)
 AUTO_ORDER = ("onnxruntime", "torch")
 
 
-def default_backend(device: str, providers: Sequence[str] | None = None) -> str:
+def default_backend(device: str | Device, providers: Sequence[str] | None = None) -> str:
     """The latency backend `auto` means on `device`: the first of AUTO_ORDER that serves it."""
     return next(name for name in AUTO_ORDER if BACKENDS[name].serves(device, providers))
 
 
-def resolve_backend(requested: str, device: str, where: str = "") -> str:
+def resolve_backend(requested: str, device: str | Device, where: str = "") -> str:
     """`auto` as `default_backend` on this machine; a named backend as it is, or a one-line
     ValueError where it cannot time on `device` here (`where` qualifies the device in it)."""
     if requested == "auto":
@@ -199,10 +202,12 @@ def resolve_backend(requested: str, device: str, where: str = "") -> str:
     return requested
 
 
-def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: int = 10,
+def measure_costs(spec: ArchSpec, device: str | Device = "cpu", runs: int = 50, warmup: int = 10,
                   threads: int = 1, model: nn.Module | None = None, backend: str = "torch") -> Costs:
     """Every cost of `spec` at its input size; builds the model unless one is given. Latency is
-    PyTorch eager's (`backend` torch) or ONNX Runtime's on the exported graph (onnxruntime)."""
+    PyTorch eager's (`backend` torch) or ONNX Runtime's on the exported graph (onnxruntime).
+    `Costs.device` is `device` as given (a setting's `cuda` stays `cuda`)."""
+    label, device = str(device), Device.of(device)
     model = build_model(spec) if model is None else model
     model.eval()
     gmacs = count_gmacs(model, spec)
@@ -211,4 +216,4 @@ def measure_costs(spec: ArchSpec, device: str = "cpu", runs: int = 50, warmup: i
     lat = BACKENDS[backend].measure(model, spec, device, warmup, runs, threads)
     with timing_lock(device) as lock, lock.shared():  # GPU work, so a neighbour's timing waits for it
         mem = measure_peak_memory_mb(model, spec, device)
-    return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, device)
+    return Costs(count_params(model), count_deployed_params(model), gmacs, lat.median_ms, lat.iqr_ms, mem, label)

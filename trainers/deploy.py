@@ -20,6 +20,7 @@ from torch import nn
 from search_spaces import ArchSpec
 
 from .data import Split, to_float
+from .device import Device
 from .gpu_share import share_of_card
 from .metrics import SegMetrics, confusion_matrix
 from .timing import LatencyStats, example_input, latency_stats, timing_lock, warm_caches
@@ -43,7 +44,7 @@ def onnx_bytes(model: nn.Module, spec: ArchSpec) -> bytes:
     return buffer.getvalue()
 
 
-def timing_session(model: nn.Module, spec: ArchSpec, device: str = "cpu", threads: int = 1):
+def timing_session(model: nn.Module, spec: ArchSpec, device: str | Device = "cpu", threads: int = 1):
     """A session on the exported graph. A graph over protobuf's 2 GiB limit (TVConv's per-pixel
     kernels at a large deployment size) goes through a temporary file with its weights beside it."""
     try:
@@ -57,7 +58,7 @@ def timing_session(model: nn.Module, spec: ArchSpec, device: str = "cpu", thread
         return session(path, device, threads)
 
 
-def providers(device: str) -> list:
+def providers(device: str | Device) -> list:
     """ONNX Runtime's execution providers for `device`: CUDA's where it is installed, else the CPU's.
 
     TF32 is off on CUDA: the session must compute the float32 network that PyTorch checks it
@@ -65,19 +66,20 @@ def providers(device: str) -> list:
     """
     import onnxruntime as ort
 
-    if device.startswith("cuda"):
+    device = Device.of(device)
+    if device.is_cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        index = torch.device(device).index or 0
-        options = {"device_id": index, "use_tf32": 0}
-        if torch.cuda.is_available() and share_of_card(device) < 1:  # its arena is outside torch's cap
-            total = torch.cuda.get_device_properties(index).total_memory
-            options.update(gpu_mem_limit=int(share_of_card(device) * total), arena_extend_strategy="kSameAsRequested")
+        options = {"device_id": device.index, "use_tf32": 0}
+        share = share_of_card(device) if torch.cuda.is_available() else 1.0
+        if share < 1:  # its arena is outside torch's cap
+            total = torch.cuda.get_device_properties(device.index).total_memory
+            options.update(gpu_mem_limit=int(share * total), arena_extend_strategy="kSameAsRequested")
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
-def probe_provider(device: str) -> None:
+def probe_provider(device: str | Device) -> None:
     """Open a session of a one-convolution graph on `device`; RuntimeError if its provider is not active."""
     import onnxruntime as ort
 
@@ -91,11 +93,11 @@ def probe_provider(device: str) -> None:
     check_active_provider(ort.InferenceSession(buffer.getvalue(), sess_options=opts, providers=providers(device)), device)
 
 
-def check_active_provider(sess, device: str) -> None:
+def check_active_provider(sess, device: str | Device) -> None:
     """A CUDA session whose provider failed to load runs on the CPU: its figures would be labelled
     cuda but be the CPU's, so that is an error here, never a silent fallback."""
     active = sess.get_providers()
-    if device.startswith("cuda") and (not active or active[0] != "CUDAExecutionProvider"):
+    if Device.of(device).is_cuda and (not active or active[0] != "CUDAExecutionProvider"):
         raise RuntimeError(f"device {device}: ONNX Runtime's CUDA provider is installed but did not load "
                            f"(the session runs on {', '.join(active) or 'nothing'}); check the CUDA and cuDNN "
                            "libraries onnxruntime-gpu needs, or use --latency-backend torch")
@@ -109,7 +111,7 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def session(graph: bytes | str | Path, device: str = "cpu", threads: int = 1):
+def session(graph: bytes | str | Path, device: str | Device = "cpu", threads: int = 1):
     """An inference session at a fixed thread count, every graph optimisation on."""
     import onnxruntime as ort
 
@@ -148,7 +150,7 @@ def export_onnx(model: nn.Module, spec: ArchSpec, path: Path, tol: float = 1e-4)
     return diff
 
 
-def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
+def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str | Device = "cpu", warmup: int = 10,
                          runs: int = 50, threads: int = 1) -> LatencyStats:
     """Batch-1 ONNX Runtime latency of the exported graph (checked against PyTorch first).
 
@@ -157,9 +159,10 @@ def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", 
     """
     import onnxruntime as ort
 
+    device = Device.of(device)
     sess = timing_session(model, spec, device, threads)
     max_difference(model, spec, sess)
-    kind, index = ("cuda", torch.device(device).index or 0) if device.startswith("cuda") else ("cpu", 0)
+    kind, index = device.kind, device.index
     binding = sess.io_binding()
     binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(example_input(spec).numpy(), kind, index))
     binding.bind_output("logits", kind, index)
@@ -172,7 +175,7 @@ def measure_onnx_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", 
             sess.run_with_iobinding(binding)
             binding.synchronize_outputs()  # the device has finished when this returns
             times.append((time.perf_counter_ns() - t0) / 1e6)
-    return latency_stats(times, device, threads)
+    return latency_stats(times, str(device), threads)
 
 
 def onnx_miou(sess, split: Split, num_classes: int, ignore_index: int = 255) -> SegMetrics:

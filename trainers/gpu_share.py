@@ -26,6 +26,8 @@ from typing import Iterator
 
 import torch
 
+from .device import Device
+
 # Texts of errors after which the CUDA context of this process is unusable.
 _FATAL_MARKERS = ("CUDA error", "CUDA failure", "illegal memory access", "device-side assert",
                   "unspecified launch failure", "CUBLAS_STATUS", "CUDNN_STATUS_EXECUTION_FAILED", "cudaErrorLaunchFailure")
@@ -33,40 +35,37 @@ _FATAL_MARKERS = ("CUDA error", "CUDA failure", "illegal memory access", "device
 _RECOVERABLE_MARKERS = ("out of memory", "ALLOC_FAILED")
 
 
-def is_cuda(device: str) -> bool:
-    return str(device).startswith("cuda")
+def claim_share(device: Device) -> None:
+    """Cap this process's CUDA memory at the device's share of the card (0 < share < 1); no-op otherwise."""
+    if device.is_cuda and 0 < device.share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(device.share, device.torch)
 
 
-def claim_share(device: str, share: float) -> None:
-    """Cap this process's CUDA memory at `share` of the card (0 < share < 1); no-op otherwise."""
-    if is_cuda(device) and 0 < share < 1 and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
-
-
-def usable_bytes(device: str) -> int:
+def usable_bytes(device: str | Device) -> int:
     """The memory this process may still take on its GPU: what the card has free, capped by the
     process's share (`claim_share`) less what it already holds."""
-    dev = torch.device(device)
-    free, total = torch.cuda.mem_get_info(dev)
-    fraction = share_of_card(device)
-    return int(min(free, fraction * total - torch.cuda.memory_reserved(dev)))
+    device = Device.of(device)
+    free, total = torch.cuda.mem_get_info(device.torch)
+    return int(min(free, share_of_card(device) * total - torch.cuda.memory_reserved(device.torch)))
 
 
-def share_of_card(device: str) -> float:
+def share_of_card(device: str | Device) -> float:
     """The memory fraction `claim_share` set for this process (1 where none was set)."""
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch releases only
-    return float(getter(torch.device(device))) if getter else 1.0
+    return float(getter(Device.of(device).torch)) if getter else 1.0
 
 
-def release(device: str) -> None:
-    """Free what the last trial left in the caching allocator and reset its peak counter."""
+def release(device: str | Device) -> None:
+    """Free what the last trial left in the caching allocator and reset its peak counter. Never
+    raises: it runs in the `finally` of a trial, whose own error (a bad device too) is the news."""
     gc.collect()
-    if is_cuda(device) and torch.cuda.is_available():
-        try:
+    try:
+        dev = Device.of(device)
+        if dev.is_cuda and torch.cuda.is_available():
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(torch.device(device))
-        except Exception:  # after a sticky error these raise too; the worker is ending anyway
-            pass
+            torch.cuda.reset_peak_memory_stats(dev.torch)
+    except Exception:  # after a sticky error these raise too; the worker is ending anyway
+        pass
 
 
 def is_fatal_cuda_error(exc: BaseException) -> bool:
@@ -85,8 +84,8 @@ def _lock_dir() -> Path:
     return path
 
 
-def _card_key(device: str) -> str:
-    index = torch.device(device).index or 0
+def _card_key(device: Device) -> str:
+    index = device.index
     try:
         return str(torch.cuda.get_device_properties(index).uuid)
     except Exception:  # an old driver without UUIDs: the visible index is the best key there is
@@ -96,9 +95,10 @@ def _card_key(device: str) -> str:
 class DeviceLock:
     """Shared for training steps, exclusive for timing; a no-op on the CPU (or with `key=None`)."""
 
-    def __init__(self, device: str, key: str | None = "auto"):
-        self.enabled = key is not None and (key != "auto" or (is_cuda(device) and torch.cuda.is_available()))
-        self._sync = is_cuda(device) and torch.cuda.is_available()
+    def __init__(self, device: str | Device, key: str | None = "auto"):
+        device = Device.of(device)
+        self.enabled = key is not None and (key != "auto" or (device.is_cuda and torch.cuda.is_available()))
+        self._sync = device.torch if device.is_cuda and torch.cuda.is_available() else None
         if self.enabled:
             name = _card_key(device) if key == "auto" else key
             folder = _lock_dir()
@@ -137,8 +137,8 @@ class DeviceLock:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     def _synchronize(self) -> None:
-        if self._sync:
-            torch.cuda.synchronize()
+        if self._sync is not None:
+            torch.cuda.synchronize(self._sync)
 
     def close(self) -> None:
         if self.enabled:

@@ -18,6 +18,7 @@ from torch import nn
 
 from search_spaces import ArchSpec
 
+from .device import Device
 from .gpu_share import DeviceLock
 
 
@@ -33,13 +34,13 @@ class LatencyStats:
     threads: int
 
 
-def example_input(spec: ArchSpec, device: str = "cpu", batch: int = 1) -> torch.Tensor:
+def example_input(spec: ArchSpec, device: str | Device = "cpu", batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, spec.input.in_channels, spec.input.height, spec.input.width, generator=g)
-    return x.to(device)
+    return x.to(Device.of(device).torch)
 
 
-def warm_caches(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> None:
+def warm_caches(model: nn.Module, spec: ArchSpec, device: str | Device = "cpu") -> None:
     """Run one eval forward so TVConv kernels are cached before anything is counted or timed."""
     model.eval()
     with torch.inference_mode():
@@ -47,7 +48,7 @@ def warm_caches(model: nn.Module, spec: ArchSpec, device: str = "cpu") -> None:
 
 
 @contextlib.contextmanager
-def timing_lock(device: str) -> Iterator[DeviceLock]:
+def timing_lock(device: str | Device) -> Iterator[DeviceLock]:
     lock = DeviceLock(device)
     try:
         yield lock
@@ -65,23 +66,25 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmup: int = 10,
+def measure_latency(model: nn.Module, spec: ArchSpec, device: str | Device = "cpu", warmup: int = 10,
                     runs: int = 50, threads: int = 1) -> LatencyStats:
     """Batch-1 eval latency: median and spread of `runs` timed forwards after `warmup`."""
-    model = model.to(device).eval()
+    device = Device.of(device)
+    model = model.to(device.torch).eval()
     x = example_input(spec, device)
     times: list[float] = []
     # on a shared GPU no neighbour trains or times while this one warms up and times
     with torch_threads(threads), torch.inference_mode(), timing_lock(device) as lock, lock.exclusive():
         for _ in range(warmup):
             model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+        if device.is_cuda:
+            torch.cuda.synchronize(device.torch)
+            stream = torch.cuda.current_stream(device.torch)  # the model's card's, whichever card is current
             for _ in range(runs):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+                start.record(stream)
                 model(x)
-                end.record()
+                end.record(stream)
                 end.synchronize()
                 times.append(start.elapsed_time(end))
         else:
@@ -89,7 +92,7 @@ def measure_latency(model: nn.Module, spec: ArchSpec, device: str = "cpu", warmu
                 t0 = time.perf_counter_ns()
                 model(x)
                 times.append((time.perf_counter_ns() - t0) / 1e6)
-    return latency_stats(times, device, threads)
+    return latency_stats(times, str(device), threads)
 
 
 def latency_stats(times: list[float], device: str, threads: int) -> LatencyStats:

@@ -18,7 +18,8 @@ from search_spaces.blocks.dupsample import DUpsamplingDecoder, fit_reconstructio
 
 from .batches import TrainBatches, to_device
 from .data import SegData, Split, to_float
-from .gpu_share import DeviceLock, is_cuda
+from .device import Device
+from .gpu_share import DeviceLock
 from .metrics import SegMetrics, confusion_matrix
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -68,7 +69,9 @@ class FitResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     stopped_early: bool = False
-    peak_train_mem_mb: float | None = None  # CUDA allocator peak of the whole training
+    # CUDA allocator peak of the training (weights, gradients, optimiser state, activations, batches)
+    # above what was allocated before it: the resident uint8 split is not the training's memory
+    peak_train_mem_mb: float | None = None
     precision: str = "fp32"  # what `auto` resolved to
     skipped_steps: int = 0  # fp16 steps skipped for an overflow (loss or gradients)
     model: nn.Module | None = None  # the trained network, in eval mode
@@ -78,13 +81,15 @@ class FitResult:
         return self.metrics.miou
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str | Device) -> str:
     """What `auto` means on `device`: bf16 needs no loss scaling, so it is preferred where the GPU
     supports it; fp16 with a gradient scaler on older GPUs; fp32 on the CPU."""
     if precision != "auto":
         return precision
-    if is_cuda(device) and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    device = Device.of(device)
+    if device.is_cuda and torch.cuda.is_available():
+        with torch.cuda.device(device.torch):  # torch answers for the current card
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "fp32"
 
 
@@ -97,8 +102,9 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, num_classes: int, ignore_index: int = 255,
-             batch_size: int = 32, device: str = "cpu") -> SegMetrics:
+             batch_size: int = 32, device: str | Device = "cpu") -> SegMetrics:
     """Validation metrics at full label resolution."""
+    device = Device.of(device)
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.inference_mode():
@@ -131,26 +137,29 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     _check_compatible(spec, data)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device, info = config.device, data.info
-    model = (model or prepare_model(spec, data, config.seed, reconstruction)).to(device)
+    device, info = Device.parse(config.device), data.info
+    batches = TrainBatches(data.train, device)
+    if device.is_cuda:  # the peak is the training's: the resident split, put there first, is not part of it
+        torch.cuda.reset_peak_memory_stats(device.torch)
+        before = torch.cuda.memory_allocated(device.torch)
+    model = (model or prepare_model(spec, data, config.seed, reconstruction)).to(device.torch)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws whatever the device
-    batches = TrainBatches(data.train, device)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total, step = steps_per_epoch * config.epochs, 0
     precision = resolve_precision(config.precision, device)
-    device_type = torch.device(device).type
-    scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.kind, enabled=precision == "fp16")
     lock = DeviceLock(device)  # steps shared, so a neighbour's latency timing never overlaps them
-    if is_cuda(device):
-        torch.cuda.reset_peak_memory_stats(device)
+    # A loss read on the host makes it wait for the step's kernels; on a GPU the losses stay there
+    # until the epoch ends (fp16's scaler reads its overflow check every step all the same).
+    read_each_step = not device.is_cuda or scaler.is_enabled()
     result = FitResult(metrics=SegMetrics(float("nan"), float("nan"), ()), precision=precision)
     in_row = 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(data.train), generator=gen)
-        losses = []
+        losses = EpochLosses(device.torch)
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample
@@ -160,10 +169,11 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
             step += 1
             with lock.shared():  # the batch is made on the device too: all of it is the step's GPU work
                 x, y = batches(idx, gen if config.augment else None)
-                with _autocast(device_type, precision):
+                with _autocast(device.kind, precision):
                     loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
-                value = loss.item()
-                stepped = math.isfinite(value)
+                losses.add(loss, b)
+                value = loss.item() if read_each_step else None
+                stepped = value is None or math.isfinite(value)
                 if stepped:
                     opt.zero_grad(set_to_none=True)
                     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
@@ -180,25 +190,53 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
                                            if not math.isfinite(value) else
                                            f"gradients overflowed {in_row} steps in a row at epoch {epoch} ({spec.tag()})")
                 result.skipped_steps += 1
-                if not math.isfinite(value):
-                    continue
-            losses.append(value)
+        mean_loss, bad_step, bad_value = losses.read()
+        if bad_step is not None and precision != "fp16":  # found only now where the losses stayed on the GPU
+            raise TrainingDiverged(f"loss is {bad_value} at epoch {epoch}, step {bad_step} ({spec.tag()}, {precision})")
         t1 = time.perf_counter()
         with lock.shared():
             result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
         t2 = time.perf_counter()
         result.train_seconds += t1 - t0
         result.eval_seconds += t2 - t1
-        record = EpochRecord(epoch, sum(losses) / max(1, len(losses)), result.metrics.miou, t2 - t0)
+        record = EpochRecord(epoch, mean_loss, result.metrics.miou, t2 - t0)
         result.history.append(record)
         if on_epoch is not None and on_epoch(record) is False:
             result.stopped_early = epoch < config.epochs
             break
-    if is_cuda(device):
-        result.peak_train_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    if device.is_cuda:
+        result.peak_train_mem_mb = (torch.cuda.max_memory_allocated(device.torch) - before) / 2**20
     lock.close()
     result.model = model.eval()
     return result
+
+
+class EpochLosses:
+    """One epoch's training losses, summed where they are computed, read on the host once.
+
+    Float64 sums in step order, so the mean equals the host's sum of `loss.item()` values exactly.
+    Non-finite losses are left out of the mean; the first one's step and value are kept.
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.finite = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_step = torch.full((), -1.0, dtype=torch.float64, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().double()
+        finite = torch.isfinite(value)
+        self.total += torch.where(finite, value, 0.0)
+        self.finite += finite
+        first = ~finite & (self.bad_step < 0)
+        self.bad_step = torch.where(first, float(step), self.bad_step)
+        self.bad_value = torch.where(first, value, self.bad_value)
+
+    def read(self) -> tuple[float, int | None, float]:
+        """(mean of the finite losses, the first non-finite loss's step or None, its value)."""
+        total, finite, step, value = torch.stack((self.total, self.finite, self.bad_step, self.bad_value)).tolist()
+        return total / max(1.0, finite), (int(step) if step >= 0 else None), value
 
 
 def _autocast(device_type: str, precision: str):
