@@ -14,14 +14,15 @@ import argparse
 from pathlib import Path
 
 import optuna
+import torch
 import yaml
 
-from search_spaces import ArchSpec, build_model
+from search_spaces import ArchSpec, SpecError, build_model
 from trainers.data import load_data
 from trainers.deploy import export_onnx, onnx_miou, session
 from trainers.train import load_checkpoint
 
-from .cli import UsageError, run
+from .cli import UsageError, check_out_file, run
 from .pareto import trial_spec
 from .records import Status, TrialKey, is_validated_key_of, storage_url
 from .validate import weights_path
@@ -101,38 +102,67 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec, number = trial_by_number(study, args.trial), args.trial
         out = Path(args.out or run_dir / f"trial_{args.trial:04d}.yaml")
-    spec.to_yaml(out)
-    print(f"wrote {out} ({spec.tag()})")
+    # Everything that can refuse the command does so before the first file is written.
+    check_out_file(out, "--out")
     if not args.onnx:
+        write_yaml(spec, out)
         return 0
+    onnx = check_out_file(args.onnx, "--onnx")
+    if onnx.resolve() == out.resolve():
+        raise UsageError(f"--onnx {onnx}: the same file as the YAML ({out}); give another name")
     seeds = trained_seeds(study, run_dir, number) if number is not None and not args.checkpoint else {}
     if args.seed is not None and args.seed not in seeds:
         raise UsageError(f"--seed {args.seed}: no trained weights of trial {number} for it "
                          f"(kept for seeds: {', '.join(map(str, sorted(seeds))) or 'none'})")
-    recorded = None
+    recorded, net = None, spec  # the YAML keeps the trial's spec; the ONNX file its weights' input size
     if args.checkpoint:
-        ckpt_spec, model = load_checkpoint(args.checkpoint)
-        if ckpt_spec.with_input(height=spec.input.height, width=spec.input.width) != spec:
-            raise UsageError(f"--checkpoint {args.checkpoint}: its architecture is {ckpt_spec.tag()}, not {spec.tag()}")
-        spec = ckpt_spec
+        net, model = read_checkpoint(args.checkpoint)
+        if net.with_input(height=spec.input.height, width=spec.input.width) != spec:
+            raise UsageError(f"--checkpoint {args.checkpoint}: its architecture is {net.tag()}, not {spec.tag()}")
     elif seeds:
         seed = args.seed if args.seed is not None else max(seeds, key=seeds.get)
-        spec, model = load_checkpoint(weights_path(run_dir, number, seed))
+        net, model = load_checkpoint(weights_path(run_dir, number, seed))
         recorded = seeds[seed]
-        print(f"trained weights of trial {number}, validation seed {seed} (validated mIoU {recorded:.4f}; "
-              f"seeds kept: {', '.join(f'{s}: {m:.4f}' for s, m in sorted(seeds.items()))}), "
-              f"input {spec.input.height}x{spec.input.width}")
     else:
         model = build_model(spec)
+    write_yaml(spec, out)
+    if recorded is not None:
+        print(f"trained weights of trial {number}, validation seed {seed} (validated mIoU {recorded:.4f}; "
+              f"seeds kept: {', '.join(f'{s}: {m:.4f}' for s, m in sorted(seeds.items()))}), "
+              f"input {net.input.height}x{net.input.width}")
+    elif not args.checkpoint:
         print("no trained weights for this trial (not validated): freshly initialised weights")
-    diff = export_onnx(model.eval(), spec, Path(args.onnx))
-    print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch (max difference {diff:.1e} of the largest logit)")
+    try:
+        diff = export_onnx(model.eval(), net, onnx)
+    except OSError as exc:
+        raise UsageError(f"--onnx {onnx}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {onnx}; ONNX Runtime matches PyTorch (max difference {diff:.1e} of the largest logit)")
     if args.check_miou:
-        data = load_data(config.get("data"), spec.input.height, spec.input.width, seed=config["seed"])
-        got = onnx_miou(session(args.onnx), data.val, data.info.num_classes, data.info.ignore_index).miou
+        data = load_data(config.get("data"), net.input.height, net.input.width, seed=config["seed"])
+        got = onnx_miou(session(str(onnx)), data.val, data.info.num_classes, data.info.ignore_index).miou
         against = f"recorded {recorded:.4f}, difference {got - recorded:+.1e}" if recorded is not None else "no recorded value"
         print(f"validation mIoU through ONNX Runtime: {got:.4f} ({against})")
     return 0
+
+
+def write_yaml(spec: ArchSpec, out: Path) -> None:
+    try:
+        spec.to_yaml(out)
+    except OSError as exc:  # checked writable first; a full disk or a special file system remains
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {out} ({spec.tag()})")
+
+
+def read_checkpoint(path: str) -> tuple[ArchSpec, torch.nn.Module]:
+    """A checkpoint of `python -m nas.train`, or one line saying why the file is not one."""
+    if not Path(path).is_file():
+        raise UsageError(f"--checkpoint {path}: no such file (a checkpoint.pt written by python -m nas.train)")
+    try:
+        return load_checkpoint(path)
+    except SpecError:
+        raise
+    except Exception:  # torch.load and load_state_dict raise many types, none telling, for foreign files
+        raise UsageError(f"--checkpoint {path}: not a checkpoint written by python -m nas.train") from None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 from search_spaces import ArchSpec, build_model
 from trainers.costs import LATENCY_BACKENDS, measure_costs, resolve_backend
 
-from .cli import UsageError, parse_size, run
+from .cli import UsageError, parse_device, parse_size, require_at_least, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.size:
         h, w = parse_size(args.size)
         spec = spec.with_input(height=h, width=w)
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
+    parse_device(args.device)
+    require_at_least(args.threads, "--threads", 1)
     if args.runs < 3:
         raise UsageError(f"--runs {args.runs}: at least 3 runs are needed for a median and an IQR")
     try:

@@ -12,9 +12,9 @@ import torch
 from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData, load_data, to_float
-from trainers.train import TrainConfig, fit, save_checkpoint
+from trainers.train import FitResult, TrainConfig, TrainingDiverged, fit, save_checkpoint
 
-from .cli import UsageError, parse_size, run
+from .cli import UsageError, check_out_folder, parse_device, parse_size, require_at_least, require_positive, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--schedule", default="poly", choices=("poly", "cosine"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -67,18 +67,35 @@ def save_prediction_grid(path: Path, model: torch.nn.Module, data: SegData, n: i
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.epochs < 1:
-        raise UsageError(f"--epochs {args.epochs}: must be >= 1")
+    # Every flag and the output folder are checked before any work, and the folder is only made once
+    # there is something to put in it: a refused or interrupted command leaves nothing behind.
+    require_at_least(args.epochs, "--epochs", 1)
+    require_at_least(args.batch_size, "--batch-size", 1)
+    require_positive(args.lr, "--lr")
+    require_at_least(args.seed, "--seed", 0)
+    device = parse_device(args.device)
+    out = check_out_folder(args.out, "--out")
     spec = ArchSpec.from_yaml(args.arch)
     h, w = parse_size(args.size) if args.size else (spec.input.height, spec.input.width)
     data = load_data(args.data, h, w, seed=args.seed)
     spec = spec.with_input(height=h, width=w, num_classes=data.info.num_classes, in_channels=data.info.in_channels)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=device)
     print(f"training {spec.tag()} at {h}x{w} on {data.info.name} ({len(data.train)} train / {len(data.val)} val)")
-    result = fit(spec, data, cfg, on_epoch=lambda r: print(f"epoch {r.epoch:3d}  loss {r.loss:.4f}  val mIoU {r.miou:.4f}  ({r.seconds:.1f} s)"))
+    try:
+        result = fit(spec, data, cfg, on_epoch=lambda r: print(f"epoch {r.epoch:3d}  loss {r.loss:.4f}  val mIoU {r.miou:.4f}  ({r.seconds:.1f} s)"))
+    except TrainingDiverged as exc:
+        raise UsageError(f"training diverged: {exc}; try a smaller --lr than {args.lr}") from None
+    try:
+        write_outputs(out, spec, data, result)
+    except OSError as exc:  # checked writable at the start; a full disk or a folder removed meanwhile
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    print(f"val mIoU {result.miou:.4f}; wrote {out}/checkpoint.pt, metrics.json, predictions.png")
+    return 0
+
+
+def write_outputs(out: Path, spec: ArchSpec, data: SegData, result: FitResult) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     model = result.model
     save_checkpoint(out / "checkpoint.pt", model, spec, result.metrics)
     spec.to_yaml(out / "arch.yaml")
@@ -89,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                "costs": costs.to_dict(), "gmacs_convention": "1 multiply-add = 1, batch 1"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_prediction_grid(out / "predictions.png", model, data)
-    print(f"val mIoU {result.miou:.4f}; wrote {out}/checkpoint.pt, metrics.json, predictions.png")
-    return 0
 
 
 if __name__ == "__main__":

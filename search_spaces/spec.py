@@ -35,11 +35,30 @@ MAX_IN_CHANNELS = 64
 
 
 class SpecError(ValueError):
-    """A spec value is invalid. `field` is the dotted path of the offending value."""
+    """A spec value is invalid. `field` is the dotted path of the offending value; `message`, where
+    given, replaces the usual "field: value is not allowed; allowed" line."""
 
-    def __init__(self, field: str, value: Any, allowed: str):
+    def __init__(self, field: str, value: Any, allowed: str, message: str | None = None):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+        super().__init__(message or f"{field}: {_show(value)} is not allowed; {allowed}")
+
+    def in_file(self, where: str) -> SpecError:
+        """The same error, naming the file it came from first."""
+        return SpecError(self.field, self.value, self.allowed, f"{where}: {self}")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """The value as one short line: a whole stage list would bury the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what a YAML syntax error is, on one line: "line 3, column 7: expected ...". """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,20 +215,24 @@ class ArchSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ArchSpec:
-        """Load from a YAML file."""
+        """Load from a YAML file; every error names the file first."""
         try:
             text = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError("<file>", str(path), f"a readable YAML file ({getattr(exc, 'strerror', None) or exc})") from None
-        return cls.from_yaml_text(text, where=str(path))
+            reason = getattr(exc, "strerror", None) or exc
+            raise SpecError("<file>", str(path), "", f"{path}: not a readable YAML file ({reason})") from None
+        try:
+            return cls.from_yaml_text(text)
+        except SpecError as exc:
+            raise exc.in_file(str(path)) from None
 
     @classmethod
-    def from_yaml_text(cls, text: str, where: str = "<string>") -> ArchSpec:
+    def from_yaml_text(cls, text: str) -> ArchSpec:
         """Load from YAML text."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SpecError("<yaml>", where, f"well-formed YAML ({str(exc).splitlines()[0]})") from None
+            raise SpecError("<yaml>", text, "well-formed YAML", f"malformed YAML at {yaml_problem(exc)}") from None
         return cls.from_dict(data)
 
 
@@ -236,18 +259,24 @@ def _from_plain(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(path or "<root>", data, f"a mapping with keys {names}")
     unknown = [k for k in data if k not in names]
-    if unknown:
-        raise SpecError(_join(path, str(unknown[0])), data[unknown[0]], f"known keys are {names}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
+    # A missing key comes first: a misspelt one ('stage' for 'stages') is then named as its likely cause.
     for f in dataclasses.fields(cls):
-        where = _join(path, f.name)
-        if f.name not in data:
-            if f.default is dataclasses.MISSING:
-                raise SpecError(where, "<missing>", "a required key")
-            continue
-        kwargs[f.name] = _convert(hints[f.name], data[f.name], where)
+        if f.name not in data and f.default is dataclasses.MISSING:
+            where = _join(path, f.name)
+            cause = f" (unknown key {', '.join(repr(str(k)) for k in unknown)})" if unknown else ""
+            raise SpecError(where, "<missing>", "a required key",
+                            f"{where}: missing; every {_NOUNS[cls.__name__]} needs {f.name}{cause}")
+    if unknown:
+        where = _join(path, str(unknown[0]))
+        raise SpecError(where, data[unknown[0]], f"known keys are {names}",
+                        f"{where}: unknown key; known keys are {names}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {f.name: _convert(hints[f.name], data[f.name], _join(path, f.name))
+              for f in dataclasses.fields(cls) if f.name in data}
     return cls(**kwargs)
+
+
+_NOUNS = {"ArchSpec": "spec", "InputSpec": "input", "StageSpec": "stage", "DecoderSpec": "decoder"}
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:

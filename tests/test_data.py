@@ -161,6 +161,25 @@ def test_bad_ignore_index_is_one_line(tmp_path, value):
         load_data(str(root), 16, 32)
 
 
+def test_an_unknown_key_in_classes_yaml_is_named_with_the_allowed_ones(tmp_path):
+    """A misspelt ignore_index used to be dropped silently; the masks' 0s were then 'not a class id'."""
+    root = make_ignore_folder(tmp_path, 0)
+    (root / "classes.yaml").write_text("names: [a, b, c]\nignore_indx: 0\n")
+    with pytest.raises(DataError) as err:
+        load_data(str(root), 32, 32)
+    assert str(err.value) == (f"{root / 'classes.yaml'}: unknown key 'ignore_indx'; "
+                              "allowed: names, ignore_index, palette")
+
+
+def test_a_yaml_syntax_error_in_classes_yaml_names_the_line_and_column(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "classes.yaml").write_text("names: [a, b, c]\nignore_index: 255\npalette: [[0, 0, 0], [1, 1, 1]\n")
+    with pytest.raises(DataError) as err:
+        load_data(str(root), 16, 32)
+    assert str(err.value) == (f"{root / 'classes.yaml'}: malformed YAML at line 4, column 1: "
+                              "expected ',' or ']', but got '<stream end>'")
+
+
 def test_a_dataset_too_big_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
     import trainers.data as data_module
     monkeypatch.setattr(data_module, "_available_memory", lambda: 20_000)

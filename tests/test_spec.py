@@ -2,6 +2,7 @@
 import dataclasses
 
 import pytest
+import yaml
 
 from search_spaces import ArchSpec, SpecError, load_preset
 from search_spaces.presets import PRESET_NAMES
@@ -49,7 +50,9 @@ def _bad(mutate):
     (lambda d: d["decoder"].update(kind="dupsample", width=10_000), "decoder.width", "patch dimension"),
     (lambda d: d["input"].update(height=36), "input.height", "multiple of 8"),
     (lambda d: d["input"].update(num_classes=1), "input.num_classes", "at least 2"),
-    (lambda d: d["input"].pop("height"), "input.height", "required"),
+    (lambda d: d["input"].pop("height"), "input.height", "missing; every input needs height"),
+    (lambda d: d.update(stage=d.pop("stages")), "stages", "missing; every spec needs stages (unknown key 'stage')"),
+    (lambda d: d["stages"][0].update(colour=list(range(500))), "stages[0].colour", "unknown key; known keys"),
     (lambda d: d.update(schema=2), "schema", "version"),
 ])
 def test_bad_values_name_the_field_the_value_and_what_is_allowed(mutate, field, hint):
@@ -66,13 +69,35 @@ def test_tvconv_resolution_must_divide_by_ratio_and_strides():
 
 def test_malformed_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stages: [unclosed\n")
-    with pytest.raises(SpecError, match="well-formed YAML"):
+    bad.write_text("ratio: 1\nstages: [unclosed\n")
+    with pytest.raises(SpecError) as err:
         ArchSpec.from_yaml(bad)
-    with pytest.raises(SpecError, match="readable YAML file"):
+    assert str(err.value) == f"{bad}: malformed YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'"
+    bad.write_text("ratio: 1\n  decoder: 2\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: malformed YAML at line 2, column 10: mapping values are not allowed"):
+        ArchSpec.from_yaml(bad)
+    with pytest.raises(SpecError, match="nope.yaml: not a readable YAML file"):
         ArchSpec.from_yaml(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="mapping"):
         ArchSpec.from_yaml_text("- just\n- a list\n")
+
+
+def test_errors_of_a_file_name_it_and_stay_one_short_line(tmp_path):
+    """A misspelt top-level key used to dump the whole stage list as the 'unknown value'."""
+    data = tiny_spec().to_dict()
+    data["stage"] = data.pop("stages")
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        ArchSpec.from_yaml(path)
+    assert str(err.value) == f"{path}: stages: missing; every spec needs stages (unknown key 'stage')"
+    assert err.value.field == "stages"
+    data["stages"], data["input"] = data.pop("stage"), list(range(1000))
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        ArchSpec.from_yaml(path)
+    assert str(err.value).startswith(f"{path}: input: [0, 1, 2") and "\n" not in str(err.value)
+    assert len(str(err.value)) < 200 + len(str(path))
 
 
 def test_spec_is_frozen_and_direct_construction_is_checked():

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from search_spaces.spec import yaml_problem
+
 from . import streets
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,6 +27,7 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
                       "motorcycle", "bicycle")
 EMBEDDED = "streets"
+CLASSES_KEYS = ("names", "ignore_index", "palette")  # what a folder's classes.yaml may hold
 IGNORE = 255  # the ignore value of every loaded mask
 
 
@@ -251,7 +254,11 @@ def read_classes(path: Path) -> DatasetInfo:
     try:
         meta = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise DataError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: malformed YAML at {yaml_problem(exc)}") from None
+    # A misspelt optional key would otherwise be dropped, and its default then blamed on the masks.
+    unknown = [k for k in meta if k not in CLASSES_KEYS] if isinstance(meta, dict) else []
+    if unknown:
+        raise DataError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(CLASSES_KEYS)}")
     if not isinstance(meta, dict) or not isinstance(meta.get("names"), list) or len(meta["names"]) < 2:
         raise DataError(f"{path}: `names` must be a list of at least 2 class names")
     if len(meta["names"]) > 255:
