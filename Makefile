@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # --resume makes a second `make search` finish (or just re-report) the same study instead of
-# refusing the existing folder; `make search ARGS=--force` starts afresh.
+# refusing the existing folder; `make search ARGS=--force` starts afresh (without --resume, which
+# the search refuses beside --force).
 search: $(STAMP)
-	$(PY) -m nas.search --budget $(BUDGET) --resume $(ARGS)
+	$(PY) -m nas.search --budget $(BUDGET) $(if $(filter --force,$(ARGS)),,--resume) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -36,7 +36,8 @@ def _free_port() -> int:
 @contextmanager
 def running() -> Iterator[str]:
     """Start a server; yields its SQLAlchemy URL. Stops it and removes its folder on the way out."""
-    pytest.importorskip("psycopg2", reason="the PostgreSQL driver is missing (pip install -e '.[postgres]')")
+    # psycopg (3): the driver a bare postgresql:// selects, the one the `postgres` extra installs
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing (pip install -e '.[postgres]')")
     bindir = server_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `.ci/run` installs them")
@@ -73,7 +74,8 @@ def running() -> Iterator[str]:
         if not started:
             log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {start.stderr.strip()} {log[-1000:]}")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        # the URL as the docs write it, no +driver: what a user types
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         if started and pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False).returncode:
             _kill_postmaster(data)

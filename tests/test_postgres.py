@@ -72,19 +72,22 @@ def test_drivers_opening_a_fresh_database_together_all_get_the_study(tmp_path, p
 
 
 class _PgError(Exception):
-    def __init__(self, pgcode):
-        super().__init__(f"pgcode {pgcode}")
-        self.pgcode = pgcode
+    """A driver's error carrying PostgreSQL's code: psycopg (3) names it sqlstate, psycopg2 pgcode."""
+
+    def __init__(self, code, attr="sqlstate"):
+        super().__init__(f"{attr} {code}")
+        setattr(self, attr, code)
 
 
-def test_only_losing_the_table_creation_race_is_retried(monkeypatch):
+@pytest.mark.parametrize("attr", ["sqlstate", "pgcode"])
+def test_only_losing_the_table_creation_race_is_retried(monkeypatch, attr):
     # The race above is timing-bound and rarely shows on a fast machine; this pins the rule itself:
     # duplicate table/object and unique violation (PostgreSQL's 42P07, 42710, 23505) are retried,
-    # any other database error reaches the user at once.
+    # any other database error reaches the user at once, whichever driver reports the code.
     import sqlalchemy.exc
-    raised = [sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, _PgError("42P07")),
-              sqlalchemy.exc.IntegrityError("CREATE INDEX", {}, _PgError("23505")),
-              sqlalchemy.exc.ProgrammingError("CREATE TYPE", {}, _PgError("42710"))]
+    raised = [sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, _PgError("42P07", attr)),
+              sqlalchemy.exc.IntegrityError("CREATE INDEX", {}, _PgError("23505", attr)),
+              sqlalchemy.exc.ProgrammingError("CREATE TYPE", {}, _PgError("42710", attr))]
     calls = []
 
     def storage(url, **kwargs):
@@ -96,10 +99,44 @@ def test_only_losing_the_table_creation_race_is_retried(monkeypatch):
     monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
     monkeypatch.setattr(st.time, "sleep", lambda s: None)
     assert st._open_storage("postgresql://db") == "opened" and len(calls) == 4
-    raised.append(sqlalchemy.exc.ProgrammingError("SELECT", {}, _PgError("42501")))  # insufficient_privilege
+    raised.append(sqlalchemy.exc.ProgrammingError("SELECT", {}, _PgError("42501", attr)))  # insufficient_privilege
     with pytest.raises(sqlalchemy.exc.ProgrammingError):
         st._open_storage("postgresql://db")
     assert len(calls) == 5
+
+
+# --- a URL whose driver is missing: one line naming the package ----------------------------------
+@pytest.mark.parametrize("url, module, package", [
+    ("postgresql://USER:PASSWORD@127.0.0.1:1/DB", "psycopg", "pip install 'psycopg[binary]'"),
+    ("postgresql+psycopg2://USER:PASSWORD@127.0.0.1:1/DB", "psycopg2", "pip install psycopg2-binary"),
+    ("mysql://USER:PASSWORD@127.0.0.1:1/DB", "MySQLdb", "pip install mysqlclient"),
+])
+def test_a_storage_whose_driver_is_missing_is_one_line_naming_the_package(tmp_path, monkeypatch, capsys,
+                                                                          url, module, package):
+    # SQLAlchemy (and Optuna after it) said only "Failed to import DB access module". The driver is
+    # made missing for sure: a None in sys.modules fails its import as an absent package does.
+    from nas import search
+    from nas.cli import run
+    monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")  # search.main sets it for its own process
+    with pytest.raises(SystemExit) as exit_:
+        run(search.main, ["--storage", url, "--out", str(tmp_path / "out"), "--budget", "1", "--no-validate"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err, err
+    assert err == (f"error: --storage {url!r} cannot be opened: its database driver {module} is not installed; "
+                   f"install it with: {package}")
+    assert not (tmp_path / "out" / "default" / "study.db").exists()
+
+
+def test_a_storage_of_no_known_database_is_one_line(tmp_path, monkeypatch, capsys):
+    from nas import search
+    from nas.cli import run
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    with pytest.raises(SystemExit):
+        run(search.main, ["--storage", "postgress://USER@HOST/DB", "--out", str(tmp_path / "out"), "--budget", "1"])
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --storage 'postgress://USER@HOST/DB' cannot be opened: SQLAlchemy has no dialect "
+                   "'postgress' (a URL such as sqlite:///study.db or postgresql://USER:PASSWORD@HOST:5432/DB)")
 
 
 def _finished(study, owner, status="complete"):
