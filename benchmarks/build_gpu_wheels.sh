@@ -1,41 +1,47 @@
 #!/usr/bin/env bash
-# Build the folder of wheels that benchmarks/gpu_check.sh installs offline on a GPU machine that has
-# Python 3.12, torch, numpy and pandas but not the search's other dependencies. Run it on any
-# machine that reaches the package index (no GPU needed):
+# Build the folder of wheels that benchmarks/gpu_check.sh installs offline on a GPU machine whose
+# image has Python 3.12, torch and the common scientific stack but not the search's own
+# dependencies (optuna, ray[tune], fvcore and what they pull in). Run it on any machine that
+# reaches the package index (no GPU needed), from anywhere in the repository:
 #
-#     bash benchmarks/build_gpu_wheels.sh [DEST]        # DEST defaults to wheels/ (git-ignored)
+#     bash benchmarks/build_gpu_wheels.sh [DEST]        # DEST defaults to .gpu_wheels/ (git-ignored)
 #
-# DEST gets two parts, each small enough to travel in one 64 MiB transfer beside the repository:
-#   DEST/ray   ray alone, without its Java jars and the dashboard's web build (the search uses neither)
-#   DEST/deps  optuna, fvcore, iopath, their dependencies and ray's, among them pyarrow (Ray Tune's
-#              storage layer will not import without it) slimmed of Flight and S3
+# The closure of optuna, ray[tune] and fvcore's dependencies is resolved for CPython 3.12 on
+# manylinux x86_64; what the image already holds is dropped (benchmarks/gpu_check_wheels.py,
+# IMAGE_HAS), ray is slimmed of its Java jars and the dashboard's web build (the search uses
+# neither), and fvcore and iopath, published as sources only, are built here. At the end it prints
+# what one call carries (the repository's working tree + DEST) and fails over 64 MiB.
 # Environment: PYTHON (the interpreter running pip, any version), PYVER (the target's, 3.12).
 set -euo pipefail
 
-DEST=${1:-wheels}
+cd "$(dirname "$0")/.."
+DEST=${1:-.gpu_wheels}
 PY=${PYTHON:-python3}
 PYVER=${PYVER:-3.12}
-# Versions the check was written against; the slimming below names files inside these wheels.
-PINNED=(optuna==5.1.0 "ray[tune]==2.60.0" pyarrow==26.0.1)
-# Pure-python dependencies of fvcore/iopath (sdists only, so built here below with --no-deps).
-FVCORE_DEPS=(yacs termcolor tabulate portalocker tqdm)
-# Present on any machine with torch + pandas, and large: never shipped.
-DROP=${DROP:-"numpy pandas torch"}
+# Versions the check was written against; the slimming below names files inside the ray wheel.
+TOP=(optuna==5.1.0 "ray[tune]==2.60.0")
+# fvcore and iopath are sdists (no --only-binary resolution): their binary dependencies are named here.
+FVCORE_DEPS=(yacs termcolor tabulate portalocker tqdm pillow typing_extensions pyyaml)
+SDISTS=(fvcore==0.1.5.post20221221 iopath==0.1.10)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$DEST/ray" "$DEST/deps"
+mkdir -p "$DEST"
 
-# A wheel tagged manylinux_2_28 is not matched by an older tag, nor the reverse: list them all.
+# pip matches a manylinux tag exactly: list every glibc level the image's (2.35+) accepts.
 platforms=()
-for v in $(seq 28 -1 17); do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
+for v in $(seq 35 -1 17); do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
 platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+target=(--python-version "$PYVER" --implementation cp --only-binary=:all: "${platforms[@]}")
 
-echo "downloading binary wheels for CPython $PYVER ..."
-"$PY" -m pip download -q --dest "$work/dl" --python-version "$PYVER" --only-binary=:all: "${platforms[@]}" \
-    "${PINNED[@]}" "${FVCORE_DEPS[@]}"
-echo "building fvcore and iopath from their sdists (pure python) ..."
-"$PY" -m pip wheel -q --no-deps --wheel-dir "$work/dl" fvcore==0.1.5.post20221221 iopath==0.1.10
+echo "resolving for CPython $PYVER: ${TOP[*]} + fvcore's dependencies ..."
+"$PY" -m pip install -q --dry-run --ignore-installed --target "$work/none" --report "$work/report.json" \
+    "${target[@]}" "${TOP[@]}" "${FVCORE_DEPS[@]}"
+"$PY" benchmarks/gpu_check_wheels.py pins "$work/report.json" >"$work/pins.txt"
+echo "the image lacks $(wc -l <"$work/pins.txt"): $(tr '\n' ' ' <"$work/pins.txt")"
+"$PY" -m pip download -q --no-deps --dest "$work/dl" "${target[@]}" -r "$work/pins.txt"
+echo "building ${SDISTS[*]} from their sources (pure python) ..."
+"$PY" -m pip wheel -q --no-deps --wheel-dir "$work/dl" "${SDISTS[@]}"
 
 # The `wheel` tool unpacks and repacks a wheel with a RECORD that matches its new contents.
 "$PY" -m pip install -q --target "$work/tools" wheel
@@ -54,26 +60,13 @@ slim() {  # slim WHEEL PATTERN...: rewrite WHEEL without the files matching PATT
     # pack names the file from WHEEL's Tag lines, which can be wider than the published name
     # (ray's says linux_x86_64): keep the published name, the one pip's tag check was made for
     mv "$work"/packed/*.whl "$whl"
-    echo "  $(basename "$whl"): ${before} kB -> $(du -k "$whl" | cut -f1) kB"
+    echo "  slimmed $(basename "$whl"): ${before} kB -> $(du -k "$whl" | cut -f1) kB"
 }
 
-for name in $DROP; do rm -f "$work/dl/${name}"-[0-9]*.whl; done
-ray_whl=$(echo "$work"/dl/ray-*.whl)
-pyarrow_whl=$(echo "$work"/dl/pyarrow-*.whl)
-echo "slimming:"
-slim "$ray_whl" ray/jars ray/dashboard/client/build
-# pyarrow.lib links the core, compute, acero, dataset, parquet and substrait libraries, so only
-# Flight, S3 (Ray's storage imports it optionally), the headers, tests, Cython sources and the
-# duplicate copies of libarrow_python (the loader asks for its soname, libarrow_python.so.NNNN) go.
-slim "$pyarrow_whl" 'pyarrow/libarrow_flight.so*' 'pyarrow/libarrow_python_flight.so*' 'pyarrow/_flight.*.so' \
-    'pyarrow/libarrow_s3.so*' 'pyarrow/_s3fs.*.so' 'pyarrow/_pyarrow_cpp_tests.*.so' \
-    'pyarrow/libarrow_python.so' 'pyarrow/libarrow_python.so.*.*' \
-    'pyarrow/libarrow_python_parquet_encryption.so*' 'pyarrow/_parquet_encryption.*.so' \
-    'pyarrow/_dataset_parquet_encryption.*.so' \
-    pyarrow/include pyarrow/includes pyarrow/tests pyarrow/src 'pyarrow/*.pxd' 'pyarrow/*.pxi' 'pyarrow/*.pyx'
+slim "$(echo "$work"/dl/ray-*.whl)" ray/jars ray/dashboard/client/build
 
-rm -f "$DEST"/ray/*.whl "$DEST"/deps/*.whl
-mv "$work"/dl/ray-*.whl "$DEST/ray/"
-mv "$work"/dl/*.whl "$DEST/deps/"
+rm -f "$DEST"/*.whl  # an earlier build's wheels: two versions of one stop the install
+mv "$work"/dl/*.whl "$DEST/"
 echo
-du -sh "$DEST/ray" "$DEST/deps" "$DEST"
+ls -s --block-size=K "$DEST"
+"$PY" benchmarks/gpu_check_wheels.py size "$DEST"

@@ -1,17 +1,20 @@
-"""One-shot GPU check: what a search does on one GPU shared by 4 trials, in at most 8 minutes.
+"""The search part of the one-shot GPU check: what a search does on one GPU shared by 4 trials.
 
-    bash benchmarks/gpu_check.sh WHEELS                  # on the GPU machine: installs what it lacks, runs this
-    python benchmarks/gpu_check.py --dry-run --out DIR   # on CPU at tiny sizes: every code path, in about a minute
+    bash benchmarks/gpu_check.sh                         # on the GPU machine: installs, smoke, this, packs
+    python benchmarks/gpu_check.py --dry-run --out DIR   # on the CPU at tiny sizes: every code path
 
 Sections, in this order, each in its own try and time budget; each writes its CSV/JSON into the
-output folder ($OUT, else results/bench/gpu_check/) as soon as it finishes, so a run cut short
-still returns what it measured. A failed section leaves its traceback in errors/<section>.txt.
-  facts      nvidia-smi -L, torch / CUDA / cuDNN versions, ONNX Runtime's providers, package versions
+output folder as soon as it finishes, so a run cut short still returns what it measured. A failed
+section leaves its traceback in errors/<section>.txt. A section's status comes from its rows
+(benchmarks/gpu_check_report.py): an error row, no rows or no finished trial make it "degraded".
+  facts      nvidia-smi -L, torch / CUDA / cuDNN versions, TF32 flags, ONNX Runtime's providers, packages
   host       host vs device time of one batch's data work (index, to_float, augment), and a training step
   search     `nas.search` with 4 concurrent trials at 0.25 GPU on the embedded data (--no-validate):
-             trials/hour, GPU utilisation over the trial phase, the trials' overlap, peak training memory
+             trials/hour, concurrency from the trials' training windows, GPU utilisation, power and SM
+             clock over the trial phase, peak training memory (fit's: without the resident split); Tune's
+             error files and the workers' stderr tails are kept (tune_errors/, worker_stderr/)
   latency    each searched net's in-search latency against the same net timed alone afterwards
-  precision  bf16 / fp16 vs fp32 mIoU of two nets with TVConv and DUpsampling
+  precision  bf16 / fp16 vs fp32 (TF32 where on) mIoU of two nets with TVConv and DUpsampling
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import gpu_check_search as gs  # noqa: E402
+from benchmarks.gpu_check_report import Interrupted, Outcome, Runner, Tee, attempt  # noqa: E402
 from benchmarks.gpu_check_train import host, precision  # noqa: E402
 
 # Seconds per section; scaled down together when --deadline is shorter than their sum. The search
@@ -40,41 +43,20 @@ BUDGETS = {"facts": 15, "host": 30, "search": 210, "latency": 45, "precision": 9
 DRY_BUDGETS = {"facts": 15, "host": 20, "search": 180, "latency": 30, "precision": 40}
 
 
-class Interrupted(BaseException):
-    """SIGTERM (the wrapper's hard timeout): end the section in flight, keep what is written."""
-
-
-class Tee:
-    """stdout into the output folder too, so the log comes back with the figures."""
-
-    def __init__(self, stream, path: Path):
-        self.stream, self.file = stream, open(path, "a")
-
-    def write(self, text: str) -> None:
-        self.stream.write(text)
-        self.file.write(text)
-        self.file.flush()
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 class Check:
-    def __init__(self, out: Path, work: Path, dry: bool, deadline: float):
+    """What the sections share: device, sizes, the output and work folders, the search's trials."""
+
+    def __init__(self, out: Path, work: Path, dry: bool):
         import torch
 
         self.out, self.work, self.dry = out, work, dry
-        self.start = time.time()
-        self.end = self.start + deadline
         self.cuda = not dry and torch.cuda.is_available()
-        self.device = "cuda" if self.cuda else "cpu"
+        self.device = "cuda:0" if self.cuda else "cpu"  # indexed: every CUDA call names its card
         self.size = (32, 64) if dry else (256, 512)
         cores = os.cpu_count() or 1
         self.cpus_per_trial = cores / 4 if dry else max(1, cores // 4)  # four trials share the machine
         self.trials: list[dict] = []
         self.study_attrs: dict = {}
-        self.summary: dict = {"dry_run": dry, "device": self.device, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "sections": {}}
 
     def write(self, name: str, result, quiet: bool = False) -> None:
         """A list of rows as CSV, anything else as JSON; printed as a table either way (unless quiet)."""
@@ -90,32 +72,6 @@ class Check:
             for key, value in result.items():
                 print(f"  {key:28s} {value:.4g}" if isinstance(value, float) else f"  {key:28s} {value}")
 
-    def run(self, name: str, fn, budget: float) -> None:
-        budget = min(budget, self.end - time.time())
-        record = self.summary["sections"][name] = {"budget_s": round(budget, 1)}
-        if budget < 5:
-            record["status"] = "skipped: the check's deadline has passed"
-            print(f"\n== {name}: {record['status']}")
-            return self._save()
-        print(f"\n== {name} (budget {budget:.0f} s, {self.device})", flush=True)
-        start = time.time()
-        record["status"] = "interrupted"
-        try:
-            fn(self, budget)
-            record["status"] = "ok"
-        except Exception:  # one broken section must not cost the others their figures
-            text = traceback.format_exc()
-            (self.out / "errors").mkdir(exist_ok=True)
-            (self.out / "errors" / f"{name}.txt").write_text(text)
-            print(text)
-            record["status"] = "failed: " + text.strip().splitlines()[-1][:200]
-        finally:
-            record["seconds"] = round(time.time() - start, 1)
-            self._save()
-
-    def _save(self) -> None:
-        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1, default=str))
-
 
 def _cmd(argv: list[str]) -> str:
     try:
@@ -124,16 +80,18 @@ def _cmd(argv: list[str]) -> str:
         return f"unavailable ({exc})"
 
 
-def facts(ck: Check, budget: float) -> None:
+def facts(ck: Check, budget: float) -> Outcome:
     from importlib import metadata
 
     import torch
 
     f = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
          "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+         # what "fp32" computes in this process and in the trials (both keep torch's defaults)
+         "tf32_convs": torch.backends.cudnn.allow_tf32, "tf32_matmuls": torch.backends.cuda.matmul.allow_tf32}
     if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
+        p = torch.cuda.get_device_properties(torch.device("cuda:0"))
         f.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
                  bf16_supported=torch.cuda.is_bf16_supported())
     f["nvidia_smi_L"] = _cmd(["nvidia-smi", "-L"])
@@ -149,9 +107,10 @@ def facts(ck: Check, budget: float) -> None:
         except metadata.PackageNotFoundError:
             f[pkg] = "missing"
     ck.write("facts", f)
+    return Outcome([f], figures={k: f.get(k) for k in ("gpu", "torch", "tf32_convs", "optuna", "ray")})
 
 
-def search(ck: Check, budget: float) -> None:
+def search(ck: Check, budget: float) -> Outcome:
     h, w = ck.size
     gpus, budget_n, epochs = (0, 4, 1) if ck.dry else (0.25, 200, 2)  # GPU: the time budget ends it, not N
     args = ["--budget", str(budget_n), "--size", f"{h}x{w}", "--gpus-per-trial", f"{gpus:g}",
@@ -164,30 +123,44 @@ def search(ck: Check, budget: float) -> None:
         ended = gs.run_search(ck.work, ck.out, args, budget)
     finally:
         sampler.stop()
+        gs.keep_logs(ck.work, ck.out)  # Tune's error files and the workers' stderr, before the work folder goes
     log = (ck.out / "search.log").read_text(errors="replace").splitlines()
     print("  search log, last lines:\n    " + "\n    ".join(log[-12:]))
-    ck.trials, ck.study_attrs = gs.read_trials(ck.work / gs.STUDY / "study.db")
+    db = ck.work / gs.STUDY / "study.db"
+    if not db.is_file():  # the search died before its study existed: say why, from its own log
+        raise RuntimeError(f"the search wrote no study (exit {ended['search_exit']}): {(log or ['no output'])[-1]}")
+    ck.trials, ck.study_attrs = gs.read_trials(db)
     summary, rows = gs.summarise(ck.trials, time.time(), 4, sampler)
     ck.write("search_trials", rows)
     ck.write("search", {**ended, "size": f"{h}x{w}", "epochs": epochs, "gpus_per_trial": gpus,
                         "cpus_per_trial": ck.cpus_per_trial, **summary})
     if not summary["overlap_ok"]:
-        print(f"  WARNING: at most {summary['max_concurrent_trials']} trials ran at once, not 4")
+        print(f"  WARNING: at most {summary['max_concurrent_training']} trials trained at once, not 4")
+    keys = ("trials_finished", "trials_per_hour", "max_concurrent_training", "gpu_util_mean_pct", "power_w_mean",
+            "sm_clock_mhz_mean", "peak_train_mem_mb")
+    return Outcome(rows, finished=summary["trials_finished"], figures={k: summary.get(k) for k in keys})
 
 
-def latency(ck: Check, budget: float) -> None:
+def latency(ck: Check, budget: float) -> Outcome:
     if not ck.trials:
         raise RuntimeError("no trials to time again (the search section did not run or found none)")
     rows = gs.isolated_latency(ck.trials, ck.study_attrs, ck.device, 0.8 * budget, runs=5 if ck.dry else 30)
     ck.write("latency", rows)
-    ratios = [r["ratio"] for r in rows]
+    ratios = [r["ratio"] for r in rows if "ratio" in r]
+    figures = {}
     if ratios:
-        ck.write("latency_summary", {"nets": len(ratios), "device": ck.device, "ratio_median": statistics.median(ratios),
-                                     "ratio_max": max(ratios), "ratio_min": min(ratios)})
+        figures = {"nets": len(ratios), "device": ck.device, "ratio_median": statistics.median(ratios),
+                   "ratio_max": max(ratios), "ratio_min": min(ratios)}
+        ck.write("latency_summary", figures)
+    return Outcome(rows, figures=figures)
 
 
 def _interrupt(*_) -> None:
     raise Interrupted()
+
+
+def no_cuda(ck: Check, budget: float) -> Outcome:
+    raise RuntimeError("no CUDA device here: nothing measured (use --dry-run on a machine without a GPU)")
 
 
 SECTIONS = {"facts": facts, "host": host, "search": search, "latency": latency, "precision": precision}
@@ -196,42 +169,40 @@ SECTIONS = {"facts": facts, "host": host, "search": search, "latency": latency, 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="on CPU at tiny sizes, to catch bugs before the GPU run")
-    p.add_argument("--out", default=os.environ.get("OUT") or str(gs.REPO / "results" / "bench" / "gpu_check"))
+    p.add_argument("--out", default=str(gs.REPO / "results" / "bench" / "gpu_check" / "check"))
     p.add_argument("--deadline", type=float, default=None, help="seconds for the whole check (default: their sum)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections to run")
     p.add_argument("--keep-work", action="store_true", help="keep the search's run folder and data cache")
     args = p.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("*.csv"), *out.glob("*.json"), *out.glob("*.txt"), *out.glob("search*")]:
-        old.unlink()  # only this check's own outputs, so that none is left from an earlier run
-    shutil.rmtree(out / "errors", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # nothing left from an earlier run can pass for this one's
+    out.mkdir(parents=True)
     sys.stdout = Tee(sys.stdout, out / "log.txt")
     signal.signal(signal.SIGTERM, _interrupt)
     budgets = DRY_BUDGETS if args.dry_run else BUDGETS
     wanted = [s for s in args.only.split(",") if s]
     total = sum(budgets[s] for s in wanted)
     scale = min(1.0, (args.deadline or total) / total)
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    # Ray's socket paths under the work folder must stay under 107 bytes: a long TMPDIR is passed over
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_", dir="/tmp" if len(tempfile.gettempdir()) > 40 else None))
     os.environ.setdefault("LIGHTSEG_CACHE", str(work / "cache"))
-    ck = Check(out, work, args.dry_run, args.deadline or total)
-    if not args.dry_run and not ck.cuda:
-        print("no CUDA device here: only the facts are reported (use --dry-run on a machine without a GPU)")
-        wanted = ["facts"]
+    ck = Check(out, work, args.dry_run)
+    runner = Runner(out, args.deadline or total, {"part": "check", "dry_run": ck.dry, "device": ck.device,
+                                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                    planned=tuple(wanted))
     try:
-        for name in wanted:
-            ck.run(name, SECTIONS[name], budgets[name] * scale)
+        for name in wanted:  # without CUDA a GPU run reports its facts and fails the rest
+            fn = SECTIONS[name] if ck.cuda or args.dry_run or name == "facts" else no_cuda
+            runner.run(name, lambda b, fn=fn: fn(ck, b), budgets[name] * scale)
     except Interrupted:
         print("\ninterrupted by the time limit: the sections above wrote what they measured")
-        ck.summary["interrupted"] = True
+        runner.info["interrupted"] = True
     finally:
-        ck.summary["seconds"] = round(time.time() - ck.start, 1)
-        ck._save()
+        runner.save()
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\nwrote {out}/ ({ck.summary['seconds']} s)")
-    failed = [n for n, s in ck.summary["sections"].items() if not s.get("status", "").startswith(("ok", "skipped"))]
-    return 1 if failed or (not args.dry_run and not ck.cuda) else 0
+    print(f"\nwrote {out}/")
+    return 0 if runner.good and (args.dry_run or ck.cuda) else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ import time
 
 import torch
 
+from benchmarks.gpu_check_report import Outcome, attempt
+from benchmarks.gpu_smoke_timing import fp32_label
+
 
 def _augment(x, y, seed: int):
     """Batched augmentation as training applies it: draws from a seeded CPU generator, work on x's device."""
@@ -57,7 +60,7 @@ def train_step_ms(ck, num_classes: int, reps: int) -> tuple[float, str]:
     return _median_ms(step, reps, ck.cuda), precision
 
 
-def host(ck, budget: float) -> None:
+def host(ck, budget: float) -> Outcome:
     from trainers.data import load_data, to_float
 
     h, w = ck.size
@@ -83,24 +86,28 @@ def host(ck, budget: float) -> None:
     stages("host", data.train.images, data.train.masks, idx)
     if ck.cuda:
         xa, ya = _augment(to_float(data.train.images[idx]), data.train.masks[idx], 0)
-        add("bus", "copy float32 + int64 to GPU", lambda i: (xa.to("cuda"), ya.long().to("cuda")))
-        stages("device", data.train.images.to("cuda"), data.train.masks.to("cuda"), idx.to("cuda"))
+        add("bus", "copy float32 + int64 to GPU", lambda i: (xa.to(ck.device), ya.long().to(ck.device)))
+        stages("device", data.train.images.to(ck.device), data.train.masks.to(ck.device), idx.to(ck.device))
     else:
         print("  device side: skipped (no CUDA)")
-    try:  # the extras: a failure here is printed, the stage timings above are kept
-        batches = TrainBatches(data.train, ck.device)  # the whole batch as training makes it, where it makes it
-        add("device" if ck.cuda else "host", f"whole batch (TrainBatches on {ck.device})",
-            lambda i: batches(idx, torch.Generator().manual_seed(i)))
-        step, precision = train_step_ms(ck, data.info.num_classes, reps)
-    except Exception as exc:
-        print(f"  whole batch / training step: {type(exc).__name__}: {exc}")
-        step, precision = float("nan"), "failed"
-    rows.append({"where": ck.device, "stage": f"training step, ERFNet, {precision}", "ms": step})
+    def whole() -> dict:  # the whole batch as training makes it, where it makes it
+        batches = TrainBatches(data.train, ck.device)
+        return {"ms": _median_ms(lambda i: batches(idx, torch.Generator().manual_seed(i)), reps, ck.cuda)}
+
+    rows.append(attempt("host", {"where": "device" if ck.cuda else "host",
+                                 "stage": f"whole batch (TrainBatches on {ck.device})"}, whole))
+
+    def training_step() -> dict:
+        ms, precision = train_step_ms(ck, data.info.num_classes, reps)
+        return {"stage": f"training step, ERFNet, {precision}", "ms": ms}
+
+    rows.append(attempt("host", {"where": ck.device, "stage": "training step, ERFNet"}, training_step))
+    step = rows[-1].get("ms", float("nan"))
     for r in rows:
         r.update(batch=f"{n}x3x{h}x{w}", threads=torch.get_num_threads())
     ck.write("host", rows)
     # the host path: what a step waited for before (host stages and the float copy); the device path: on the GPU
-    parts = [r for r in rows if r["stage"].split()[0] not in ("whole", "training")]
+    parts = [r for r in rows if r["stage"].split()[0] not in ("whole", "training") and "ms" in r]
     per = {"host": sum(r["ms"] for r in parts if r["where"] in ("host", "bus")),
            "device": sum(r["ms"] for r in parts if r["where"] == "device")}
     summary = {"host_path_ms": per["host"], "train_step_ms": step, "host_share_of_step": per["host"] / (per["host"] + step)}
@@ -109,6 +116,7 @@ def host(ck, budget: float) -> None:
     ck.write("host_summary", summary)
     if ck.cuda:
         torch.cuda.empty_cache()  # the search's trials get the card
+    return Outcome(rows, figures=summary)
 
 
 def precision_nets(h: int, w: int, num_classes: int) -> dict:
@@ -127,13 +135,12 @@ def precision_nets(h: int, w: int, num_classes: int) -> dict:
             "ssnbt_r2_tv3_dup64": net("ssnbt_r2_tv3_dup64", "ssnbt", (16, 32, 64), (1, 2, 2), 2, "dwsep", 3, 64)}
 
 
-def precision(ck, budget: float) -> None:
+def precision(ck, budget: float) -> Outcome:
     from trainers.data import load_data
     from trainers.train import TrainConfig, fit
 
     if "precision" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        ck.write("precision", {"skipped": "TrainConfig has no precision field in this version"})
-        return
+        raise RuntimeError("TrainConfig has no precision field in this version")
     h, w = ck.size
     # a dry run only checks that every precision trains: a quarter of the images
     data = load_data(None, h, w, seed=0, **({"n_train": 64, "n_val": 16} if ck.dry else {}))
@@ -149,21 +156,23 @@ def precision(ck, budget: float) -> None:
             print(f"  {name} {p}: skipped, it would overrun the section's budget")
             continue
         t = time.time()
-        row = {"net": name, "precision": p, "device": ck.device, "epochs": epochs}
-        try:
+        # "fp32" on a card with TF32 on is TF32 convolutions: said in every row that shows it
+        row = {"net": name, "precision": p, "math": fp32_label(ck.device) if p == "fp32" else p,
+               "device": ck.device, "epochs": epochs}
+
+        def train(name=name, p=p) -> dict:  # e.g. fp16 autocast refused on this device: a row, not a lost section
             res = fit(nets[name], data, TrainConfig(epochs=epochs, batch_size=16, seed=0, device=ck.device, precision=p))
             fp32 = [r["miou"] for r in rows if r["net"] == name and r["precision"] == "fp32" and "miou" in r]
-            row.update(resolved=res.precision, miou=res.miou,
-                       delta_vs_fp32=res.miou - fp32[0] if fp32 else None, final_loss=res.history[-1].loss,
-                       train_s=res.train_seconds, peak_train_mem_mb=res.peak_train_mem_mb,
-                       skipped_steps=res.skipped_steps)
-        except Exception as exc:  # e.g. fp16 autocast refused on this device: a row, not a lost section
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            return dict(resolved=res.precision, miou=res.miou, delta_vs_fp32=res.miou - fp32[0] if fp32 else None,
+                        final_loss=res.history[-1].loss, train_s=res.train_seconds,
+                        peak_train_mem_mb=res.peak_train_mem_mb, skipped_steps=res.skipped_steps)
+        rows.append(attempt("precision", row, train))
         longest = max(longest, time.time() - t)
-        rows.append(row)
         print(f"  {name} {p}: " + (f"mIoU {row['miou']:.4f} in {time.time() - t:.0f} s" if "miou" in row else row["error"]),
               flush=True)
         ck.write("precision", rows, quiet=True)  # after every training: a timeout keeps the finished ones
         if ck.cuda:
             torch.cuda.empty_cache()
     ck.write("precision", rows)
+    deltas = {f"{r['net']} {r['precision']}": r["delta_vs_fp32"] for r in rows if r.get("delta_vs_fp32") is not None}
+    return Outcome(rows, figures={"math_of_fp32": fp32_label(ck.device), "miou_delta_vs_fp32": deltas})
