@@ -9,16 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from search_spaces import ArchSpec
 from trainers.data import SegData
 
 from .cli import UsageError
 from .pareto import Objective
-from .records import storage_url
-from .trial import TrialSettings
+from .records import baseline_label, storage_url
+from .trial import Constraints, TrialSettings
 from .validate import DEFAULT_NOISE, Protocol
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The user's own net (`--baseline`): a reference trial like a preset. With `within`, its costs
+    at the deployment size are constraints too (nas.baseline measures them; the tighter limit wins)."""
+
+    path: str  # the YAML, resolved
+    spec: dict  # its ArchSpec as read (the study queues it at the study's input)
+    within: bool = False
+    explicit: Constraints = field(default_factory=Constraints)  # the --max-* flags' own limits
+
+    @property
+    def label(self) -> str:  # its trial's name, in place of a preset's
+        return baseline_label(self.path)
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class TrialMeaning:
     val_width: int = 64
     val_epochs: int = 10
     val_seeds: int = 2
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
         if self.settings.epochs < 1:
@@ -58,18 +75,25 @@ class TrialMeaning:
 
     def describe(self, data: SegData) -> dict[str, str]:
         """This meaning as the study records it (its `trial_meaning`), `data` being the loaded data set."""
-        s, c = self.settings, self.settings.constraints
+        s, b = self.settings, self.baseline
         source = "streets (embedded)" if self.data in (None, "", "streets") else str(Path(self.data).resolve())
-        limits = ", ".join(f"{k} <= {v:g}" for k, v in asdict(c).items() if v is not None) or "none"
-        return {
+        # the baseline's costs are named, not given in figures: a resume re-measures its latency
+        c = b.explicit if b is not None and b.within else s.constraints
+        limits = [f"{k} <= {v:g}" for k, v in asdict(c).items() if v is not None]
+        limits += ["the baseline's costs"] if b is not None and b.within else []
+        described = {
             "data": f"{source} ({len(data.train)} train / {len(data.val)} val images, {data.info.num_classes} classes)",
             "size": f"{self.height}x{self.width}", "deploy size": self.deploy_label, "epochs": str(s.epochs),
             "early stopping": "on" if self.early_stopping else "off",
-            "objectives": ",".join(o.name for o in self.objectives), "constraints": limits, "seed": str(self.seed),
+            "objectives": ",".join(o.name for o in self.objectives), "constraints": ", ".join(limits) or "none",
+            "seed": str(self.seed),
             "training": f"batch {s.batch_size}, lr {s.lr:g}", "device": s.device,
             "latency": f"{s.latency_backend}, {s.threads} thread(s), median of {s.latency_runs} runs",
             "validation": f"{self.protocol.label()} ({', '.join(map(str, self.protocol.seeds))})" if self.validate else "off",
         }
+        if b is not None:  # a key only where there is a baseline: studies without one resume as before
+            described["baseline"] = f"{b.path} ({ArchSpec.from_dict(b.spec).tag()})"
+        return described
 
 
 @dataclass(frozen=True)
@@ -191,7 +215,11 @@ class SearchConfig:
         """The flat record config.yaml keeps (nas.export and the benchmarks read it back by key)."""
         fields = {**asdict(self.meaning), **asdict(self.resources), **asdict(self.options)}
         d = {k: fields.pop(k) for k in _RECORD_ORDER if k in fields}
+        if fields.get("baseline") is None:  # recorded only where there is one: other records stay as they were
+            fields.pop("baseline", None)
         d.update(fields)
         d["objectives"] = [o.name for o in self.objectives]
         d["deploy_size"] = self.deploy_label
+        if not any(d["settings"]["faults"].values()):  # fault injection is for the tests: shown only when set
+            del d["settings"]["faults"]
         return d

@@ -32,7 +32,7 @@ COUNTED = (Status.COMPLETE, Status.STOPPED, Status.INFEASIBLE, Status.FAILED)
 class TrialKey:
     """Per-trial user attributes."""
     SPEC = "spec"  # the ArchSpec as a dict: what rebuilds the net
-    PRESET = "preset"  # the seed network's name, for a preset trial
+    PRESET = "preset"  # the seed network's name, for a preset trial; baseline_label() for the --baseline net
     OWNER = "owner"  # the driver that ran it (SearchConfig.budget_owner)
     STATUS = "status"
     EPOCHS = "epochs"  # epochs trained (the result's "epoch")
@@ -58,6 +58,12 @@ STUDY_DB = "study.db"  # the run folder's own database, where no --storage names
 def storage_url(run_dir: str | Path, storage: str | None = None) -> str:
     """The study's SQLAlchemy URL: `storage`, or the SQLite file in the run folder."""
     return storage or f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
+
+
+def baseline_label(path: str | Path) -> str:
+    """The --baseline trial's `preset` value: it makes the trial a reference like a preset, and
+    finds it again on --resume, so it is stored: "baseline:" and the YAML's file stem."""
+    return f"baseline:{Path(path).stem}"
 
 
 # What a trial queued again keeps of the original: which preset it is, and whose retry.

@@ -70,6 +70,8 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     values = [[float(row[o.key]) for o in objectives] for _, row in front.iterrows()]
     if numbers:
         atomic_write(run_dir / "best.yaml", trial_spec(trials[numbers[pick(values, objectives, how)]]).to_yaml())
+    else:
+        (run_dir / "best.yaml").unlink(missing_ok=True)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump({**config, StudyKey.HYPERVOLUME_SCALES: scales}, sort_keys=False))
     history = hypervolume_history(counted_trials(study), objectives, scales)
     final_hv = (hypervolume(losses(v, objectives, scales) for v in values),
@@ -83,7 +85,8 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     if len(importance):
         atomic_write(run_dir / "importance.csv", importance.to_csv(index_label="axis"))
     plots += insight.plot_marginals(run_dir, table, metrics)
-    dominance = preset_dominance(table, validation.margin) if validation is not None and len(table) else None
+    costs = [o.key for o in objectives if o.direction == "minimize"]
+    dominance = preset_dominance(table, validation.margin, costs) if validation is not None and len(table) else None
     if dominance is not None and len(dominance):
         atomic_write(run_dir / "presets.csv", dominance.to_csv(index=False))
     else:
@@ -91,6 +94,18 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     write_html(run_dir, front, plots, config, history, final_hv, validation, dominance,
                what_mattered_html(importance, found))
     return front
+
+
+def written_outputs(run_dir: Path) -> list[str]:
+    """The outputs the run folder holds, as the closing line names them (patterns for the series).
+    write_results removes what a run no longer has (presets.csv, stale front YAMLs), so what is
+    there is what the run wrote."""
+    names = []
+    for pattern in ("trials.csv", "pareto.csv", "pareto/*.yaml", "best.yaml", "presets.csv", "importance.csv",
+                    "pareto_*.png", "hypervolume.png", "marginals_*.png", "report.html"):
+        if any(run_dir.glob(pattern)):
+            names.append(pattern)
+    return names
 
 
 def _fmt(v: float, digits: int = 3) -> str:
@@ -119,6 +134,12 @@ def what_mattered_html(importance: pd.DataFrame, found: list[insight.Effect]) ->
             + importance.to_html(float_format=lambda v: f"{v:.3f}"))
 
 
+REFERENCE_NOTE = ("<p>Each row's best net is the searched net with the most validated mIoU at &le; the preset's GMACs "
+                  "and isolated latency. A preset (or the --baseline net) that breaks your constraints is trained and "
+                  "validated all the same, as a yardstick, but never enters the front; its row compares it with the "
+                  "best feasible net, whatever that costs (<code>violates</code>: the constraints it breaks).</p>")
+
+
 def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: dict, history: list[float],
                final_hv: tuple[float, float], validation: Validation | None, dominance: pd.DataFrame | None,
                mattered: str = "") -> None:
@@ -138,7 +159,7 @@ def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: di
         fidelity = "".join(f"<p>{html.escape(s)}</p>" for s in validation_summary(validation))
         fidelity += "<h2>Presets against the validated nets</h2>" + (
             dominance.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}") if dominance is not None and len(dominance)
-            else "<p>No preset was validated.</p>")
+            else "<p>No preset was validated.</p>") + REFERENCE_NOTE
         basis = f"validated values ({html.escape(validation.protocol.label())}; latency measured alone)"
     else:
         fidelity, basis = "<p>Not validated: the front is the search protocol's.</p>", "search-protocol values"

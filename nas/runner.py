@@ -12,6 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,7 +52,7 @@ def _trainable(config: dict, data: SegData) -> None:
     result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt,
                             report=lambda r: tune.report({**r, "node": node}),
                             reconstruction=worker_reconstruction(config["ledger"], config["reconstruction"]),
-                            retry_of=None if retry_of < 0 else retry_of)
+                            retry_of=None if retry_of < 0 else retry_of, reference=bool(config.get("preset")))
     if result.get("fatal"):
         raise WorkerUnusable(result["reason"])
     if result["status"] != Status.COMPLETE:
@@ -90,24 +94,47 @@ def start_ray(cfg: SearchConfig, data_bytes: int = 0) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A trial needs no working folder of its own: nothing it makes is written to disk.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # The search's own handler stops Ray Tune on Ctrl-C (nas.interrupt): Tune's would end the trials
+    # loop and let the search go on to the validated stage as if the budget were done.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     res = cfg.resources
     if not ray.is_initialized():
         kw = {"address": res.address} if res.address else {"num_cpus": os.cpu_count(), "num_gpus": gpu_count()}
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if not res.address and data_bytes * 1.2 > 0.3 * total:  # Ray's default store is 30 % of memory
             kw["object_store_memory"] = int(min(data_bytes * 1.2 + 2**28, 0.8 * total))
+        if res.address:
+            check_address(res.address)
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  _temp_dir=None if res.address else str(_ray_temp_dir()), **kw)
+        if sigterm is not None:  # ray.init makes SIGTERM exit at once, past the search's clean stop
+            signal.signal(signal.SIGTERM, sigterm)
     gpus = ray.cluster_resources().get("GPU", 0)
     if res.gpus_per_trial > gpus:  # Ray would wait for ever for a GPU no node has
         raise ClusterError(f"--gpus-per-trial {res.gpus_per_trial}: Ray sees {gpus:g} GPU(s) here")
 
 
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a HOST:PORT nothing answers at: Ray would retry it for minutes (and suggest other
+    clusters it finds) before giving up."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", a ray:// client address: Ray's own resolution and messages
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError:
+        raise ClusterError(f"--address {address}: no Ray cluster answers there; start one with `ray start --head` "
+                           "on that machine, or give the address it prints") from None
+
+
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, data_ref, n: int,
-               scales: dict[str, float], callbacks: list) -> int:
+               scales: dict[str, float], callbacks: list, stop: threading.Event | None = None) -> int:
     """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store
     (`data` is the driver's view of it, on which the driver fits DUpsampling's W for the trials).
-    Returns how many were interrupted by a lost node and queued again (the caller runs them)."""
+    Setting `stop` ends the run early: the trials in flight are stopped and queued again.
+    Returns how many were interrupted (by a lost node or `stop`) and queued again (the caller runs them)."""
     import ray
     from ray import tune
 
@@ -118,13 +145,14 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     if res.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
         fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus_per_trial + 1e-9))
     concurrent = res.max_concurrent or max(1, int(fits))
-    from .tune_adapters import FullTraining, MultiObjectiveASHA, StudySearcher
+    from .tune_adapters import FullTraining, MultiObjectiveASHA, StopOnRequest, StudySearcher
 
     services = DriverServices()
     scheduler = (MultiObjectiveASHA(cfg.objectives, scales, cfg.settings.epochs)
                  if cfg.meaning.early_stopping and cfg.settings.epochs > 1 else FullTraining())
+    stopper = StopOnRequest(stop)
     searcher = StudySearcher(study, space, cfg.objectives, cfg.owner,
-                             lambda spec: services.reconstruction(spec, data, cfg.settings.seed), scheduler)
+                             lambda spec: services.reconstruction(spec, data, cfg.settings.seed), scheduler, stopper)
     trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -132,16 +160,17 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),
-                                  verbose=0, callbacks=[*callbacks, searcher.callback],
+                                  verbose=0, callbacks=[*callbacks, searcher.callback, stopper], stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
     try:
         with Heartbeat(study, searcher.trials):
             tuner.fit()
         searcher.flush()
+        interrupted = searcher.requeue_in_flight()
     finally:
         services.close()
-    return searcher.lost
+    return searcher.lost + interrupted
 
 
 def put(value) -> object:
@@ -207,6 +236,15 @@ def publish_run_folder(run_dir: Path, uri: str) -> str:
 def gpu_count() -> int:
     import torch
     return torch.cuda.device_count()
+
+
+def gpus_to_schedule_by() -> float:
+    """The GPUs Ray counts for trial shares here: those of the Ray this process runs already (which
+    may declare fake ones), else this machine's."""
+    ray = sys.modules.get("ray")  # not imported: not running (and not worth importing to ask)
+    if ray is not None and ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0)
+    return gpu_count()
 
 
 class ClusterError(RuntimeError):

@@ -16,10 +16,12 @@ from trainers.train import PRECISIONS
 
 from . import runner, study as st
 from .cli import UsageError, parse_net_size, run
+from .baseline import load_baseline, within_baseline
 from .config import Resources, RunOptions, SearchConfig, TrialMeaning
+from .interrupt import EXIT_INTERRUPTED, StopRequest, resume_command
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .records import Status, StudyKey
-from .report import validation_summary, write_results
+from .report import validation_summary, write_results, written_outputs
 from .trial import Constraints, TrialSettings
 from .validated_stage import ValidatedStage
 
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pick", default=RunOptions.pick, choices=("knee", "miou", "gmacs", "latency", "memory"),
       help="which front member is best.yaml (chosen on validated values once validated)")
     a("--no-presets", action="store_true", help="do not enqueue the hand-designed presets first")
+    a("--baseline", default=None, metavar="PATH.yaml",
+      help="your own net (an ArchSpec YAML of the space, e.g. from nas.export): queued first, trained, validated and "
+           "compared in presets.csv like a preset, never on the front")
+    a("--within-baseline", action="store_true",
+      help="with --baseline: its costs at the deployment size (those among the objectives: gmacs, latency, memory, "
+           "params; latency with its timing spread) become constraints; where a --max-* flag is also given, the "
+           "tighter limit wins")
     v = p.add_argument_group("validated final stage", "the front candidates and the presets retrained at a "
                              "reference protocol with several seeds; the final front comes from these values")
     v.add_argument("--val-size", default=f"{TrialMeaning.val_height}x{TrialMeaning.val_width}",
@@ -100,11 +109,14 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         deploy_size=None if deploy == (h, w) else deploy,
         constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
     )
+    if args.within_baseline and not args.baseline:
+        raise UsageError("--within-baseline: needs --baseline PATH.yaml (the net whose costs become the constraints)")
+    baseline = load_baseline(args.baseline, args.within_baseline, settings.constraints, h, w) if args.baseline else None
     cfg = SearchConfig(
         meaning=TrialMeaning(
             objectives=objectives, settings=settings, data=args.data, height=h, width=w, seed=args.seed,
             early_stopping=not args.no_early_stopping, validate=not args.no_validate, val_height=vh, val_width=vw,
-            val_epochs=args.val_epochs, val_seeds=args.val_seeds),
+            val_epochs=args.val_epochs, val_seeds=args.val_seeds, baseline=baseline),
         resources=Resources(
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             address=args.address, storage=args.storage, artifacts_uri=args.artifacts_uri),
@@ -114,10 +126,12 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     )
     if args.address:  # the trials run on a cluster, whose workers are asked at start (nas.runner)
         return cfg
-    if device == "cuda":
-        available = runner.gpu_count()
-        if args.gpus_per_trial > max(available, 0) or available == 0:
-            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available} GPU(s)")
+    if args.gpus_per_trial > 0:  # refused now, not once the run folder is written
+        # --device cpu with GPU shares schedules by the shares alone: Ray must count GPUs (a test's may be fake)
+        available = runner.gpu_count() if device == "cuda" else runner.gpus_to_schedule_by()
+        if args.gpus_per_trial > available or available == 0:
+            why = "" if device == "cuda" else " for Ray to schedule --device cpu trials by GPU shares"
+            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has {available:g} GPU(s){why}")
     try:
         backend = resolve_backend(args.latency_backend, device, " for the GPU trials")
     except ValueError as exc:
@@ -152,60 +166,71 @@ class Progress:
             print(self.line().ljust(120), end=end, flush=True)
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM takes the same path as Ctrl-C: trials stop, results are written, --resume continues."""
-    import signal
-    import threading
+def search(cfg: SearchConfig, argv: list[str] | None = None) -> int:
+    """Run (or resume) a search and write every output; returns the process exit code. Ctrl-C or
+    SIGTERM raises KeyboardInterrupt once what finished is written and the line that resumes the
+    search (from `argv`, the command's flags) is printed, so that a caller looping over searches stops too."""
+    with StopRequest() as stop:
+        try:
+            _search(cfg, stop)
+            if stop.requested:  # stopped cleanly while trials ran
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            print(f"interrupted — continue with --resume: {resume_command(argv)}", file=sys.stderr)
+            raise
+    return 0
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
-
-def search(cfg: SearchConfig) -> int:
-    """Run (or resume) a search and write every output; returns the process exit code."""
-    _sigterm_as_interrupt()
+def _search(cfg: SearchConfig, stop: StopRequest) -> None:
     m = cfg.meaning
     data = load_data(m.data, m.height, m.width, seed=m.seed)  # validated before any trial starts
     space = st.study_space(data, m.height, m.width)
-    cfg = runner.settle_on_workers(cfg)
+    cfg = within_baseline(runner.settle_on_workers(cfg), space)  # costs measured where the trials measure theirs
     with st.locked_run_dir(cfg) as run_dir:
         study = st.open_study(cfg, space, data)
         fresh = len(study.trials) == 0
         if not fresh and not cfg.options.resume:
             raise st.RunFolderError(f"study {cfg.study!r} already exists in {cfg.storage_url}; add --resume or --force")
+        if fresh and cfg.options.resume:
+            where = cfg.run_dir if cfg.resources.storage is None else "--storage"
+            print(f"--resume: no study {cfg.study!r} in {where} to resume; starting it")
         st.check_resumable(study, cfg, data)
+        st.name_metrics(study, cfg.objectives)
         requeued = (st.recover_stale_trials(study, cfg.owner, private=cfg.resources.storage is None)
                     + st.requeue_deferred(study, cfg.budget_owner))
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
+        st.enqueue_baseline(study, space, cfg.meaning.baseline)
         if cfg.options.presets:
             st.enqueue_presets(study, space)
-        if runner.uses_workers(cfg):  # Ray starts before the data set is shared: size its store now
+        remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
+        if remaining or runner.uses_workers(cfg):  # Ray refuses resources it lacks before any result is written
             runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)
         scales = _scales(cfg, study, space)
         config = cfg.to_dict()
         progress = Progress(cfg, study, scales)
-        remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
         print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
         stage = ValidatedStage(cfg, study) if cfg.meaning.validate else None
         validation, data_ref = None, None
         try:
-            while remaining:
-                if data_ref is None:
-                    data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
-                from .tune_adapters import ProgressCallback  # imports Ray
+            with stop.gracefully():  # Ctrl-C stops the trials in flight and queues them again
+                while remaining and not stop.requested:
+                    if data_ref is None:
+                        data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
+                    from .tune_adapters import ProgressCallback  # imports Ray
 
-                lost = runner.run_trials(cfg, study, space, data, data_ref, remaining, scales, [ProgressCallback(progress)])
-                # trials deferred for running out of memory run once more, beside other neighbours, and
-                # those a lost node interrupted run again
-                again = st.requeue_deferred(study, cfg.budget_owner)
-                remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
-                if not (again or lost):
-                    break
+                    lost = runner.run_trials(cfg, study, space, data, data_ref, remaining, scales,
+                                             [ProgressCallback(progress)], stop.event)
+                    # trials deferred for running out of memory run once more, beside other neighbours, and
+                    # those a lost node or Ctrl-C interrupted run again
+                    again = st.requeue_deferred(study, cfg.budget_owner)
+                    remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
+                    if not (again or lost):
+                        break
             print()
             print(progress.line())
-            if stage is not None:
+            if stage is not None and not stop.requested:  # a Ctrl-C here ends it: each training is kept as it ends
                 stage.run(data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
@@ -216,13 +241,12 @@ def search(cfg: SearchConfig) -> int:
             print("\n".join(validation_summary(validation)))
         _print_front(front)
         if (run_dir / "presets.csv").exists():
-            print("\npresets against the validated nets (best at <= their GMACs and isolated latency):")
+            print("\npresets against the validated nets (best at <= their GMACs and isolated latency; "
+                  "one that breaks your constraints: against the best feasible net):")
             print(pd.read_csv(run_dir / "presets.csv").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"wrote {run_dir}/: trials.csv pareto.csv pareto/*.yaml best.yaml presets.csv pareto_*.png hypervolume.png "
-              "report.html")
+        print(f"wrote {run_dir}/: {' '.join(written_outputs(run_dir))}")
         if cfg.resources.artifacts_uri:
             print(f"copied the run folder to {runner.publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
-    return 0
 
 
 def _scales(cfg: SearchConfig, study: optuna.Study, space) -> dict[str, float]:
@@ -245,11 +269,14 @@ def _print_front(front) -> None:
 def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_args(build_parser().parse_args(argv))
     try:
-        return search(cfg)
+        return search(cfg, argv)
     except (st.RunFolderError, runner.ClusterError) as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:  # search() has written what finished and said how to resume
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

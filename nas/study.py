@@ -12,37 +12,30 @@ driver runs its own budget.
 """
 from __future__ import annotations
 
-import fcntl
-import shutil
 import threading
 import time
 import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+from dataclasses import asdict
 
 import optuna
 from optuna.trial import TrialState
 
-from search_spaces import InputSpec, load_preset
+from search_spaces import ArchSpec, InputSpec, load_preset
 from search_spaces.presets import PRESET_NAMES
 from search_spaces.space import SearchSpace
 from trainers.costs import measure_costs
 from trainers.data import SegData
 
-from .config import SearchConfig
+from .config import Baseline, SearchConfig
 from .pareto import Objective, counted_trials
 from .records import CARRIED, COUNTED, Status, StudyKey, TrialKey, TrialOutcome
+from .run_folder import RunFolderError, locked_run_dir  # callers reach them here too
 from .strategy import ProposingSampler
 from .trial import TrialSettings
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "local", "screen", "predict")
 HEARTBEAT_S = 10  # the driver records a heartbeat for each trial in flight this often
 GRACE_S = 60  # a RUNNING trial whose heartbeat is older than this belongs to a dead driver
-
-
-class RunFolderError(RuntimeError):
-    """The run folder exists (use --resume or --force) or another search is using it."""
 
 
 def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Objective, ...] = (),
@@ -72,41 +65,13 @@ def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Obje
     raise ValueError(f"--sampler {name!r}: one of {list(SAMPLERS)}")
 
 
-# --- the run folder ----------------------------------------------------------------------------
-@contextmanager
-def locked_run_dir(cfg: SearchConfig) -> Iterator[Path]:
-    """Create (or reopen, with --resume) the run folder and hold an exclusive lock on it."""
-    run_dir = cfg.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if cfg.options.force:
-            _lock_or_refuse(run_dir).close()  # never delete a folder another search is using
-            shutil.rmtree(run_dir)
-        elif not cfg.options.resume:
-            raise RunFolderError(f"{run_dir} already holds a run; add --resume to continue it or --force to replace it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = _lock_or_refuse(run_dir)
-    try:
-        yield run_dir
-    finally:
-        handle.close()
-
-
-def _lock_or_refuse(run_dir: Path):
-    handle = open(run_dir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RunFolderError(f"{run_dir} is in use by another running search") from None
-    return handle
-
-
 # --- the study -----------------------------------------------------------------------------------
 def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegData | None = None) -> optuna.Study:
     try:
         storage = _open_storage(cfg.storage_url)
-    except Exception as exc:
-        raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {exc}") from None
+    except Exception as exc:  # the driver's own first line: SQLAlchemy adds a line of links
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {why}") from None
     study = optuna.create_study(
         study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space, data),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
@@ -120,10 +85,16 @@ def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegDat
 
 # PostgreSQL's codes for unique_violation, duplicate_table and duplicate_object
 _LOST_CREATE_RACE = {"23505", "42P07", "42710"}
+# The pip package of each database driver SQLAlchemy may import, where the names differ: SQLAlchemy (and
+# Optuna after it) says only that an import failed, not what to install.
+_DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                    "pymysql": "PyMySQL", "cx_Oracle": "cx-Oracle"}
 
 
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
+
+    _check_driver(url)
 
     def storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
@@ -137,11 +108,46 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # Drivers started together on a fresh PostgreSQL database race to create Optuna's tables: the
             # loser's CREATE hits the catalogue's unique index or finds the table made, and the winner's
-            # tables are there now. Any other error is the user's to see.
-            if getattr(exc.orig, "pgcode", None) not in _LOST_CREATE_RACE:
+            # tables are there now. Any other error is the user's to see. (psycopg 3 names the code
+            # sqlstate, psycopg2 pgcode.)
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            if code not in _LOST_CREATE_RACE:
                 raise
             time.sleep(0.5 * (attempt + 1))
     return storage()  # the last try lets any error through
+
+
+def _check_driver(url: str) -> None:
+    """Refuse a URL whose database is unknown to SQLAlchemy, or whose driver is not installed, in one line
+    naming what to install. A bare postgresql:// selects psycopg (3) with SQLAlchemy 2.1, which the
+    `postgres` extra installs; postgresql+psycopg2:// would need psycopg2."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    parsed = sqlalchemy.engine.make_url(url)
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ValueError(f"SQLAlchemy has no dialect {parsed.drivername!r} (a URL such as sqlite:///study.db or "
+                         "postgresql://USER:PASSWORD@HOST:5432/DB)") from None
+    import_dbapi = getattr(dialect, "import_dbapi", None) or dialect.dbapi  # dbapi(): SQLAlchemy 1.4
+    try:
+        import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0]
+        if not module:  # the driver is there but cannot load (a missing library, say)
+            raise ValueError(f"its database driver cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"its database driver {module} is not installed; install it with: "
+                         f"pip install {_DRIVER_PACKAGES.get(module, module)}") from None
+
+
+def name_metrics(study: optuna.Study, objectives: tuple[Objective, ...]) -> None:
+    """Name the study's values by their objectives, so that Optuna's dashboard and tools label them."""
+    names = [o.key for o in objectives]
+    with warnings.catch_warnings():  # metric names are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != names:
+            study.set_metric_names(names)
 
 
 def check_resumable(study: optuna.Study, cfg: SearchConfig, data: SegData) -> None:
@@ -227,6 +233,16 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
             continue
         spec = load_preset(name, space.input.height, space.input.width, space.input.num_classes, space.input.in_channels)
         study.enqueue_trial(space.encode(spec), user_attrs={TrialKey.PRESET: name})
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, baseline: Baseline | None) -> None:
+    """Queue the --baseline net, at the study's input, unless the study has it: a reference trial like a
+    preset (its `preset` value is the baseline's label), queued before the presets."""
+    queued = {t.user_attrs.get(TrialKey.PRESET) for t in study.get_trials(deepcopy=False)}
+    if baseline is None or baseline.label in queued:
+        return
+    spec = ArchSpec.from_dict(baseline.spec).with_input(**asdict(space.input))
+    study.enqueue_trial(space.encode(spec), user_attrs={TrialKey.PRESET: baseline.label})
 
 
 def reference_scales(space: SearchSpace, objectives: tuple[Objective, ...], settings: TrialSettings) -> dict[str, float]:

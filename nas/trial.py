@@ -19,7 +19,8 @@ import torch
 from search_spaces import ArchSpec
 from trainers.costs import measure_costs
 from trainers.data import SegData
-from trainers.gpu_share import claim_share, is_cuda, is_fatal_cuda_error, release
+from trainers.device import Device
+from trainers.gpu_share import claim_share, is_fatal_cuda_error, release
 from trainers.train import TrainConfig, TrainingDiverged, fit
 
 from .cli import UsageError
@@ -88,6 +89,10 @@ class TrialSettings:
             d["deploy_size"] = tuple(d["deploy_size"])
         return cls(**d)
 
+    def target(self) -> Device:
+        """The device a trial of these settings runs on, with its share of the card (ValueError for nonsense)."""
+        return Device.parse(self.device, self.gpu_share)
+
     def train_config(self, epochs: int, seed: int) -> TrainConfig:
         """How a trial (or a validation training) of these settings trains."""
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
@@ -114,20 +119,22 @@ def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
 
 def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
                    report: Callable[[dict], None] = lambda r: None, reconstruction=None,
-                   retry_of: int | None = None) -> dict:
+                   retry_of: int | None = None, reference: bool = False) -> dict:
     """Run one trial to its end and return its final result; every report carries the costs.
 
     `reconstruction` is DUpsampling's (basis, mean) when the driver fitted it (once per search);
-    otherwise the trial fits its own. `retry_of` names the trial this one repeats.
+    otherwise the trial fits its own. `retry_of` names the trial this one repeats. A `reference`
+    trial (a preset, the --baseline net) that breaks a constraint is trained all the same, as the
+    yardstick the user asked about, and still ends infeasible (never a finished result of the search).
 
     Out of memory may be transient (a neighbour trial's peak on a shared GPU), so a first one is
     `deferred`: the driver runs the trial again later, beside other neighbours, not at once beside
     the same ones. A sticky CUDA error is `fatal`: this worker's CUDA context is unusable, so the
     worker must end and the trial run again in a fresh one.
     """
-    claim_share(settings.device, settings.gpu_share)
     try:
-        result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, reconstruction)
+        result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, reconstruction,
+                          reference)
     finally:
         release(settings.device)  # a reused worker starts its next trial with the cache empty
     result.update(number=number, finished_at=time.time())
@@ -137,22 +144,26 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
 
 
 def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int, attempt: int,
-             report: Callable[[dict], None], reconstruction) -> dict:
+             report: Callable[[dict], None], reconstruction, reference: bool = False) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     base: dict = {"number": number, "device": settings.device, "attempts": attempt, "started_at": time.time()}
     try:
-        if is_cuda(settings.device) and not torch.cuda.is_available():
+        device = settings.target()
+        if device.is_cuda and not torch.cuda.is_available():
             raise RuntimeError(f"device {settings.device}: this worker has no usable CUDA device "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        claim_share(device)  # here, so that a refusal is this trial's failure with its reason, not a dead worker
         _inject(settings.faults, number, attempt)
-        costs = measure_costs(settings.deployed(spec), settings.device, runs=settings.latency_runs,
+        costs = measure_costs(settings.deployed(spec), device, runs=settings.latency_runs,
                               threads=settings.threads, backend=settings.latency_backend).to_dict()
-        base.update(costs)
+        base.update(costs, device=settings.device)  # the device as the settings name it ("cuda", not "cuda:0")
         violated = settings.constraints.violations(costs)
-        if violated:
+        if violated and not reference:
             return {**base, "status": Status.INFEASIBLE, "reason": "; ".join(violated), "epoch": 0,
                     "trial_seconds": time.perf_counter() - start}
+        # a reference that breaks a constraint trains, but ends infeasible: never on the front
+        done, broken = (Status.INFEASIBLE, {"reason": "; ".join(violated)}) if violated else (Status.COMPLETE, {})
         cfg = settings.train_config(settings.epochs, settings.seed)
         train_start = time.perf_counter()
 
@@ -161,13 +172,13 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
             if number in settings.faults.nan_at or not math.isfinite(miou):
                 raise TrainingDiverged(f"validation mIoU is {miou} after epoch {rec.epoch}")
             last = rec.epoch == settings.epochs
-            report({**base, "epoch": rec.epoch, "miou": miou, "loss": rec.loss, "final": last,
-                    "status": Status.COMPLETE if last else Status.RUNNING,
+            report({**base, **broken, "epoch": rec.epoch, "miou": miou, "loss": rec.loss, "final": last,
+                    "status": done if last else Status.RUNNING,
                     "train_seconds": time.perf_counter() - train_start,
                     "trial_seconds": time.perf_counter() - start, "finished_at": time.time()})
 
         result = fit(spec, data, cfg, on_epoch=on_epoch, reconstruction=reconstruction)
-        return {**base, "status": Status.COMPLETE, "final": True, "epoch": len(result.history), "miou": result.miou,
+        return {**base, **broken, "status": done, "final": True, "epoch": len(result.history), "miou": result.miou,
                 "train_seconds": result.train_seconds + result.eval_seconds, "trial_seconds": time.perf_counter() - start,
                 "peak_train_mem_mb": result.peak_train_mem_mb, "precision": result.precision,
                 "skipped_steps": result.skipped_steps}

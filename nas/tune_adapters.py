@@ -19,6 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 
 from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
@@ -75,10 +76,11 @@ class StudySearcher(Searcher):
     """Ray Tune asks it for trials; it asks the Optuna study (ask/tell) and records outcomes."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], owner: str,
-                 reconstruction: Callable[[ArchSpec], str | None], scheduler: FullTraining | MultiObjectiveASHA):
+                 reconstruction: Callable[[ArchSpec], str | None], scheduler: FullTraining | MultiObjectiveASHA,
+                 stop: StopOnRequest | None = None):
         super().__init__(metric=TrialKey.MIOU, mode="max")
         self.study, self.space, self.objectives, self.owner = study, space, objectives, owner
-        self.reconstruction, self.scheduler = reconstruction, scheduler
+        self.reconstruction, self.scheduler, self.stop = reconstruction, scheduler, stop
         self.trials: dict[str, optuna.Trial] = {}
         self.errored: dict[str, optuna.Trial] = {}  # told once the error callback has seen why
         self.lost = 0  # trials queued again because their node was lost
@@ -105,14 +107,16 @@ class StudySearcher(Searcher):
                 "prior_attempts": trial.user_attrs.get(TrialKey.PRIOR_ATTEMPTS, 0)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self.trials.pop(trial_id, None)
-        if trial is None:
+        if trial_id not in self.trials:
             return
+        if error and self.stop is not None and self.stop.stop_all():
+            return  # its worker was ended by the stop request: left in flight, queued again (requeue_in_flight)
+        if not error and (result or {}).get("status") == Status.RUNNING and not self.scheduler.stopped(trial_id):
+            return  # interrupted by a shutdown: left in flight, queued again
+        trial = self.trials.pop(trial_id)
         if error:  # Ray Tune hands the callback the error right after this call
             self.errored[trial_id] = trial
             return
-        if (result or {}).get("status") == Status.RUNNING and not self.scheduler.stopped(trial_id):
-            return  # interrupted by a shutdown: left RUNNING, so --resume runs it again
         record_outcome(self.study, trial, result, error, self.objectives)
 
     def judge_error(self, trial_id: str, exc: BaseException | None) -> None:
@@ -134,6 +138,52 @@ class StudySearcher(Searcher):
     def flush(self) -> None:
         for trial_id in list(self.errored):  # an error the callback never saw: a failure, as before
             self.judge_error(trial_id, None)
+
+    def requeue_in_flight(self) -> int:
+        """Queue again the trials Ray Tune ended without an outcome (a stop request ends the run with
+        trials in flight, or asked for and not yet started): marked interrupted, so none is counted
+        and --resume runs each once more. Returns how many."""
+        n = 0
+        for trial_id in list(self.trials):
+            trial = self.trials.pop(trial_id)
+            self.study._storage.set_trial_user_attr(trial._trial_id, TrialKey.INTERRUPTED, True)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            requeue(self.study, trial)
+            n += 1
+        return n
+
+
+class StopOnRequest(Stopper, Callback):
+    """Ends the Ray Tune run once `event` is set (nas.interrupt): its trials are stopped, not told.
+
+    It also ends the running trials' workers at once (as a callback it holds Ray Tune's list of
+    trials): Ray Tune's own stop waits for a trial's next report (an epoch may take minutes), then
+    10 s more, before it kills the worker."""
+
+    def __init__(self, event):
+        self.event = event
+        self._trials: list = []
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        stopping = self.event is not None and self.event.is_set()
+        if stopping and self._trials:
+            import ray
+
+            for trial in self._trials:  # Ray Tune asks before it stops the trials: their workers are still known
+                actor = trial.temporary_state.ray_actor
+                if actor is not None and trial.status == "RUNNING":
+                    ray.kill(actor, no_restart=True)
+            self._trials = []
+        return stopping
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._trials = trials
+
+    def __getstate__(self) -> dict:  # Ray Tune pickles its run config for a restore this search never asks for
+        return {"event": None, "_trials": []}
 
 
 class ErrorCallback(Callback):

@@ -64,9 +64,18 @@ class Job:
         return validated_key(self.number, self.seed)
 
 
+def infeasible_references(study: optuna.Study) -> list[int]:
+    """The references (presets, the --baseline net) that broke a constraint. They are validated all
+    the same, as the yardsticks the user asked about, but never enter the front: Optuna holds them
+    PRUNED, and no front or domination here counts them."""
+    return [t.number for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(TrialKey.PRESET) and t.user_attrs.get(TrialKey.STATUS) == Status.INFEASIBLE
+            and TrialKey.SPEC in t.user_attrs and not t.user_attrs.get(TrialKey.INTERRUPTED)]
+
+
 def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: float, limit: int) -> list[int]:
-    """The presets, the front, then the trials within `noise` mIoU of the front (nearest first),
-    at most `limit` besides the presets.
+    """The presets (infeasible ones too), the front, then the trials within `noise` mIoU of the front
+    (nearest first), at most `limit` besides the presets.
 
     A trial is within noise of the front when adding `noise` to its mIoU makes it non-dominated.
     With four objectives the front alone can exceed `limit`: its members go in order of crowding
@@ -74,9 +83,9 @@ def candidates(study: optuna.Study, objectives: Sequence[Objective], noise: floa
     validation still spans the trade-off instead of taking the lowest trial numbers.
     """
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    presets = sorted([t.number for t in done if t.user_attrs.get(TrialKey.PRESET)] + infeasible_references(study))
     if not done:
-        return []
-    presets = [t.number for t in done if t.user_attrs.get(TrialKey.PRESET)]
+        return presets
     searched = [i for i, t in enumerate(done) if not t.user_attrs.get(TrialKey.PRESET)]  # indices into done
     rows = np.array([losses(t.values, objectives, {o.key: 1.0 for o in objectives}) for t in done])
     m = [o.name for o in objectives].index("miou")
@@ -120,9 +129,9 @@ def train_job(job: Job, data: SegData, protocol: Protocol, settings: TrialSettin
     the worker may be on a machine that cannot write the run folder."""
     torch.set_num_threads(settings.threads)
     cfg = settings.train_config(protocol.epochs, job.seed)
-    claim_share(settings.device, settings.gpu_share)
     started = time.time()
     try:
+        claim_share(settings.target())  # inside: a refusal is this training's failure with its reason
         spec = ArchSpec.from_dict(job.spec)
         result = fit(spec, data, cfg, reconstruction=reconstruction)
         return {"status": Status.COMPLETE, "miou": result.miou, "seconds": result.train_seconds + result.eval_seconds,
@@ -145,9 +154,9 @@ def isolated_latency_pending(study: optuna.Study, numbers: Sequence[int], settin
 def measure_isolated_latency(specs: dict[str, dict], settings: TrialSettings) -> dict[str, dict]:
     """Time each spec one after another, with nothing else running (in a task with a trial's resources on a GPU)."""
     torch.set_num_threads(settings.threads)
-    out = {}
+    out, device = {}, settings.target()
     for key, spec in specs.items():
-        c = measure_costs(ArchSpec.from_dict(spec), settings.device, runs=settings.latency_runs,
+        c = measure_costs(ArchSpec.from_dict(spec), device, runs=settings.latency_runs,
                           threads=settings.threads, backend=settings.latency_backend)
         out[key] = {"latency_ms": c.latency_ms, "latency_iqr_ms": c.latency_iqr_ms}
     return out
@@ -191,21 +200,24 @@ def summarise(study: optuna.Study, numbers: Sequence[int], protocol: Protocol,
     table = validated_values(study, numbers, protocol)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     full = table[(table["validated_seeds"] == len(protocol.seeds)) & table["latency_ms_isolated"].notna()]
+    feasible = full[~full["trial"].isin(infeasible_references(study))]  # a reference out of bounds is no front member
     front: list[int] = []
-    if len(full):
-        values = [validated_objectives(trials[n], row, objectives) for n, row in full.set_index("trial").iterrows()]
+    if len(feasible):
+        values = [validated_objectives(trials[n], row, objectives) for n, row in feasible.set_index("trial").iterrows()]
         ranks = non_domination_ranks(np.array([losses(v, objectives, {o.key: 1.0 for o in objectives}) for v in values]))
-        front = sorted(int(n) for n, r in zip(full["trial"], ranks) if r == 0)
+        front = sorted(int(n) for n, r in zip(feasible["trial"], ranks) if r == 0)
     seeds = [np.array([float(v) for v in s.split("/")]) for s in full["miou_validated_seeds"]] if len(full) else []
     multi = [s for s in seeds if len(s) > 1]
     seed_sd = float(np.sqrt(np.mean([s.var(ddof=1) for s in multi]))) if multi else math.nan
     gap = float(np.mean([np.abs(s[:, None] - s[None, :])[np.triu_indices(len(s), 1)].mean() for s in multi])) if multi else math.nan
     tau = math.nan
-    if len(full) > 2:
+    # an earlier study's infeasible presets were never trained at the search protocol
+    trained = full[[TrialKey.MIOU in trials[n].user_attrs for n in full["trial"]]]
+    if len(trained) > 2:
         from scipy.stats import kendalltau
 
-        search = [trials[n].user_attrs[TrialKey.MIOU] for n in full["trial"]]
-        tau = float(kendalltau(search, full["miou_validated"]).statistic)
+        search = [trials[n].user_attrs[TrialKey.MIOU] for n in trained["trial"]]
+        tau = float(kendalltau(search, trained["miou_validated"]).statistic)
     margin = 2 * seed_sd * math.sqrt(2 / len(protocol.seeds)) if multi else math.nan
     return Validation(protocol, table, front, seed_sd, gap, tau, margin)
 
@@ -224,18 +236,29 @@ def indistinguishable(front: pd.DataFrame, margin: float) -> dict[int, list[int]
     return {int(a): [int(b) for b, mb in rows if b != a and abs(ma - mb) < margin] for a, ma in rows}
 
 
-def preset_dominance(table: pd.DataFrame, margin: float) -> pd.DataFrame:
-    """For each validated preset, the validated searched net that beats it by the most mIoU at
-    <= its GMACs and <= its isolated latency, and whether that margin exceeds the noise `margin`."""
+COST_NAMES = {"gmacs": "GMACs", "latency_ms": "latency", "peak_mem_mb": "memory", "params": "parameters"}
+
+
+def preset_dominance(table: pd.DataFrame, margin: float, costs: Sequence[str] = ("gmacs", "latency_ms")) -> pd.DataFrame:
+    """For each validated preset (and the --baseline net), the validated searched net that beats it by
+    the most mIoU at <= its GMACs and <= its isolated latency, and whether that margin exceeds the noise
+    `margin`. A preset that broke a constraint (state infeasible) is compared instead with the best
+    feasible net, the searched net with the most validated mIoU, on mIoU and on each of `costs`."""
     done = table[table["miou_validated"].notna() & table["latency_ms_isolated"].notna()]
-    searched = done[done["preset"].fillna("") == ""]
+    is_preset = done["preset"].fillna("") != ""
+    searched = done[~is_preset & (done["state"] == Status.COMPLETE)] if "state" in done else done[~is_preset]
     rows = []
-    for _, p in done[done["preset"].fillna("") != ""].iterrows():
-        cheaper = searched[(searched["gmacs"] <= p["gmacs"]) & (searched["latency_ms_isolated"] <= p["latency_ms_isolated"])]
+    for _, p in done[is_preset].iterrows():
+        infeasible = p.get("state") == Status.INFEASIBLE
+        cheaper = searched if infeasible else searched[(searched["gmacs"] <= p["gmacs"])
+                                                       & (searched["latency_ms_isolated"] <= p["latency_ms_isolated"])]
         best = cheaper.loc[cheaper["miou_validated"].idxmax()] if len(cheaper) else None
         gain = float(best["miou_validated"] - p["miou_validated"]) if best is not None else math.nan
-        verdict = ("no cheaper net validated" if best is None else "not dominated" if gain < 0 else
-                   "dominated" if gain > margin else "dominated within noise")
+        if infeasible:
+            verdict = infeasible_verdict(p, best, gain, margin, costs)
+        else:
+            verdict = ("no cheaper net validated" if best is None else "not dominated" if gain < 0 else
+                       "dominated" if gain > margin else "dominated within noise")
         rows.append({"preset": p["preset"], "miou": p["miou_validated"], "miou_std": p["miou_validated_std"],
                      "gmacs": p["gmacs"], "latency_ms": p["latency_ms_isolated"],
                      "by_trial": int(best["trial"]) if best is not None else None,
@@ -243,5 +266,29 @@ def preset_dominance(table: pd.DataFrame, margin: float) -> pd.DataFrame:
                      "by_miou_std": best["miou_validated_std"] if best is not None else math.nan,
                      "by_gmacs": best["gmacs"] if best is not None else math.nan,
                      "by_latency_ms": best["latency_ms_isolated"] if best is not None else math.nan,
-                     "gain": gain, "verdict": verdict})
+                     "gain": gain, "verdict": verdict,
+                     "violates": p.get("reason", "") if infeasible else ""})
     return pd.DataFrame(rows)
+
+
+def infeasible_verdict(preset: pd.Series, best: pd.Series | None, gain: float, margin: float,
+                       costs: Sequence[str]) -> str:
+    """What the best feasible net is worth against a preset outside the constraints: the mIoU gap
+    (against the noise `margin`) and its share of each of the preset's `costs`."""
+    said = "infeasible under your constraints; best feasible net vs it: "
+    if best is None:
+        return said + "no feasible net validated"
+    if not math.isfinite(margin):
+        noise = ""
+    else:
+        noise = ", within noise" if abs(gain) <= margin else ", better beyond noise" if gain > 0 else ", worse beyond noise"
+    iso = {"latency_ms": "latency_ms_isolated"}
+    shares = []
+    for key in costs:
+        own, theirs = float(best[iso.get(key, key)]), float(preset[iso.get(key, key)])
+        if theirs > 0 and math.isfinite(own):
+            pct = 100 * own / theirs
+            shares.append(f"{pct:.0f} %" if pct >= 10 else f"{pct:.2g} %")
+            shares[-1] += f" of its {COST_NAMES.get(key, key)}"
+    return (said + f"trial {int(best['trial'])}, mIoU {best['miou_validated']:.3f} vs {preset['miou_validated']:.3f} "
+            f"({gain:+.3f}{noise})" + (" at " + ", ".join(shares) if shares else ""))
