@@ -56,6 +56,8 @@ class TrialMeaning:
     baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:  # numpy's generators take no other seed
+            raise UsageError(f"--seed {self.seed}: expected 0 to {2**32 - 1}")
         if self.settings.epochs < 1:
             raise UsageError(f"--epochs {self.settings.epochs}: must be at least 1")
         if self.val_epochs < 1:

@@ -52,7 +52,13 @@ def load_run_config(run_dir: Path) -> dict:
 def load_run_study(run_dir: Path) -> optuna.Study:
     config = load_run_config(run_dir)
     url = storage_url(run_dir, config.get("storage"))
-    return optuna.load_study(study_name=config["study"], storage=optuna.storages.RDBStorage(url))
+    from .study import RunFolderError, open_storage
+
+    try:
+        storage = open_storage(url)
+    except RunFolderError as exc:
+        raise UsageError(str(exc)) from None
+    return optuna.load_study(study_name=config["study"], storage=storage)
 
 
 def trial_by_number(study: optuna.Study, number: int) -> ArchSpec:

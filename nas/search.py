@@ -228,6 +228,7 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
                     remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
                     if not (again or lost):
                         break
+            progress.running = 0  # Ray Tune's last callback can count a trial that has just ended
             print()
             print(progress.line())
             if stage is not None and not stop.requested:  # a Ctrl-C here ends it: each training is kept as it ends

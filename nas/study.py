@@ -67,11 +67,7 @@ def make_sampler(name: str, seed: int, budget: int = 100, objectives: tuple[Obje
 
 # --- the study -----------------------------------------------------------------------------------
 def open_study(cfg: SearchConfig, space: SearchSpace | None = None, data: SegData | None = None) -> optuna.Study:
-    try:
-        storage = _open_storage(cfg.storage_url)
-    except Exception as exc:  # the driver's own first line: SQLAlchemy adds a line of links
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RunFolderError(f"--storage {cfg.storage_url!r} cannot be opened: {why}") from None
+    storage = open_storage(cfg.storage_url)
     study = optuna.create_study(
         study_name=cfg.study, storage=storage, sampler=make_sampler(cfg.options.sampler, cfg.meaning.seed, cfg.budget, cfg.objectives, space, data),
         directions=[o.direction for o in cfg.objectives], load_if_exists=True,
@@ -115,6 +111,25 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
                 raise
             time.sleep(0.5 * (attempt + 1))
     return storage()  # the last try lets any error through
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage, or a one-line RunFolderError naming the URL (its password hidden) and why."""
+    try:
+        return _open_storage(url)
+    except Exception as exc:  # the driver's own first line: SQLAlchemy adds a line of links
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunFolderError(f"--storage {_shown(url)!r} cannot be opened: {why}") from None
+
+
+def _shown(url: str) -> str:
+    """The URL as printed: a password never reaches a terminal or a log."""
+    import sqlalchemy.engine
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing in it to hide
+        return url
 
 
 def _check_driver(url: str) -> None:

@@ -86,6 +86,11 @@ class StudySearcher(Searcher):
         self.lost = 0  # trials queued again because their node was lost
         self.callback = ErrorCallback(self)
 
+    def __getstate__(self) -> dict:
+        # Ray Tune pickles its tune config (this searcher) for a restore this search never asks for,
+        # and NSGA-II's sampler, in the study, holds a lock that cannot be pickled.
+        return {**self.__dict__, "study": None, "trials": {}, "errored": {}}
+
     def suggest(self, trial_id: str) -> dict | None:
         with warnings.catch_warnings():  # "heartbeat is meant for optimize()": this driver beats itself
             warnings.simplefilter("ignore", UserWarning)
@@ -218,6 +223,9 @@ class ProgressCallback(Callback):
 
     def __init__(self, progress):
         self.progress = progress
+
+    def __getstate__(self) -> dict:  # pickled with the run config: the progress holds the study (see above)
+        return {"progress": None}
 
     def _update(self, trials) -> None:
         self.progress.running = sum(t.status == "RUNNING" for t in trials)  # Ray Tune's state, not ours

@@ -128,3 +128,31 @@ def test_resume_of_a_missing_study_says_so_and_starts_it(tmp_path, capsys):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert "faults" not in config["settings"] and "epochs" in config["settings"]  # testing-only, unset: hidden
     assert "faults" not in (run_dir / "report.html").read_text()
+
+
+def test_a_negative_seed_is_one_line(tmp_path, capsys):
+    err = _refused([*TINY, "--out", str(tmp_path / "runs"), "--seed", "-1"], capsys)
+    assert "--seed -1" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_storage_password_is_never_printed(tmp_path, capsys):
+    # a dialect whose driver is surely missing: the refusal names the URL, but not its password
+    url = "mysql://alice:s3cret-pw@127.0.0.1:1/db"
+    err = _refused([*TINY, "--out", str(tmp_path / "runs"), "--storage", url], capsys)
+    assert "alice" in err and "s3cret-pw" not in err
+
+
+def test_export_of_a_run_whose_storage_driver_is_missing_is_one_line(tmp_path, capsys):
+    import yaml
+
+    from nas.export import main as export_main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"study": "s", "storage": "mysql://bob:pw-77@127.0.0.1:1/db"}))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(export_main, ["--run", str(run_dir), "--trial", "0", "--out", str(tmp_path / "net.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "install it with: pip install mysqlclient" in err and "pw-77" not in err
