@@ -31,7 +31,8 @@ except ImportError:  # pip always carries a copy
 NEVER = ("torch", "nvidia-", "triton")
 EXTRAS = {"ray": ("tune",)}  # the search imports ray.tune
 CALL_LIMIT = 64 * 2**20  # what one call to the GPU machine carries: working tree + carried folders
-# The GPU machine's image (Python 3.12, torch with CUDA): the Python distributions it holds. Wheels of
+# The GPU machine's image (Python 3.12, torch with CUDA): the Python distributions it holds, as its
+# package list read on 2026-11-17 gave them. Wheels of
 # these are not packed: pyarrow, protobuf, requests, pyyaml, click, msgpack, fsspec ... are ~25 MiB
 # that would push the repository and ray over one call's limit.
 IMAGE_HAS = frozenset("""

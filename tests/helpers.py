@@ -1,4 +1,4 @@
-"""Small spec builders shared by the tests."""
+"""Small spec builders and models shared by the tests."""
 from search_spaces import ArchSpec, DecoderSpec, InputSpec, StageSpec
 
 DECODER_WIDTH = {"bilinear": 16, "erfnet": 0, "apn": 1, "dupsample": 32}
@@ -31,3 +31,22 @@ def augment_reference(image, mask, height: int, width: int, top: int, left: int,
     if flip:
         img, msk = img.flip(-1), msk.flip(-1)
     return img, msk.to(mask.dtype)
+
+
+def overflowing_model(data, bad_steps: set[int], spec: ArchSpec | None = None):
+    """`spec` (a tiny one by default) and its model, whose logits are inf on the given training steps
+    (counted from 1), as fp16 activations can be."""
+    from trainers.train import prepare_model
+
+    spec = spec or tiny_spec(num_classes=data.info.num_classes)
+    model, calls = prepare_model(spec, data, seed=0), [0]
+
+    def hook(module, args, out):
+        if module.training:
+            calls[0] += 1
+            if calls[0] in bad_steps:
+                return out * float("inf")
+        return out
+
+    model.register_forward_hook(hook)
+    return spec, model

@@ -10,10 +10,10 @@ import torch
 from nas.records import Status
 from nas.trial import TrialSettings, evaluate_trial
 from trainers.data import load_data
-from trainers.train import TrainConfig, TrainingDiverged, fit, prepare_model
+from trainers.train import TrainConfig, TrainingDiverged, fit
 
 from cuda_standin import Card, CudaStandIn, cuda_standin  # noqa: F401  (cuda_standin is a fixture)
-from helpers import tiny_spec
+from helpers import overflowing_model, tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -103,29 +103,32 @@ def test_a_failed_share_claim_is_a_failed_trial_not_a_dead_worker(cuda_standin, 
 def test_training_reads_the_loss_on_the_host_once_per_epoch(cuda_standin, data):
     spec = spec_for(data)
     cfg = TrainConfig(epochs=2, batch_size=4, precision="fp32", augment=False)
-    before = cuda_standin.counts.host_reads
+    before, syncs = cuda_standin.counts.host_reads, cuda_standin.counts.synchronizes
     on_card = fit(spec, data, replace(cfg, device="cuda"))
     reads = cuda_standin.counts.host_reads - before
     # by hand: 16 samples / 4 = 4 steps an epoch; per epoch one read of the summed loss and one
     # copy of the validation predictions (4 samples, one batch)
     assert reads == 2 * (1 + 1)
+    # and no step waits for the card either: the GPU lock lets go (a synchronisation) once an epoch,
+    # after the validation, with no timer waiting; with the close at the end, at most 2 + 1
+    assert cuda_standin.counts.synchronizes - syncs <= 2 + 1
     on_cpu = fit(spec, data, cfg)
     assert [r.loss for r in on_card.history] == [r.loss for r in on_cpu.history]  # the same training
     assert on_card.miou == on_cpu.miou
 
 
 def test_a_nan_loss_on_the_gpu_is_divergence_with_its_epoch_and_step(cuda_standin, data):
-    spec, model = _overflowing(data, {3})
+    spec, model = overflowing_model(data, {3}, spec_for(data))
     with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 2 .*fp32"):
         fit(spec, data, TrainConfig(epochs=2, batch_size=4, precision="fp32", augment=False, device="cuda"), model=model)
 
 
 def test_fp16_on_the_gpu_skips_a_brief_overflow_and_fails_a_lasting_one(cuda_standin, data):
-    spec, model = _overflowing(data, {2})
+    spec, model = overflowing_model(data, {2}, spec_for(data))
     result = fit(spec, data, TrainConfig(epochs=2, batch_size=4, precision="fp16", augment=False, device="cuda"),
                  model=model)
     assert result.precision == "fp16" and result.skipped_steps == 1 and len(result.history) == 2
-    spec, model = _overflowing(data, set(range(1, 100)))
+    spec, model = overflowing_model(data, set(range(1, 100)), spec_for(data))
     with pytest.raises(TrainingDiverged, match="fp16"):
         fit(spec, data, TrainConfig(epochs=8, batch_size=4, precision="fp16", augment=False, device="cuda"), model=model)
 
@@ -145,22 +148,6 @@ def test_the_training_peak_leaves_out_the_resident_data_set(cuda_standin, data, 
         peaks.append(fit(spec_for(data), d, cfg).peak_train_mem_mb)
     # the larger split adds 16 x (3 + 1) x 32 x 64 bytes of uint8 to what is resident, none to the training
     assert peaks[0] > 0 and peaks[0] == peaks[1]
-
-
-def _overflowing(data, bad_steps: set[int]):
-    """A model whose logits are inf on the given training steps (counted from 1), as fp16 activations can be."""
-    spec = spec_for(data)
-    model, calls = prepare_model(spec, data, seed=0), [0]
-
-    def hook(module, args, out):
-        if module.training:
-            calls[0] += 1
-            if calls[0] in bad_steps:
-                return out * float("inf")
-        return out
-
-    model.register_forward_hook(hook)
-    return spec, model
 
 
 # --- batching, sharing, timing, deployment, validation ------------------------------------------

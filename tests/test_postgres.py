@@ -123,7 +123,8 @@ def test_a_storage_whose_driver_is_missing_is_one_line_naming_the_package(tmp_pa
         run(search.main, ["--storage", url, "--out", str(tmp_path / "out"), "--budget", "1", "--no-validate"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err, err
-    assert err == (f"error: --storage {url!r} cannot be opened: its database driver {module} is not installed; "
+    shown = url.replace(":PASSWORD@", ":***@")  # a password never reaches the terminal
+    assert err == (f"error: --storage {shown!r} cannot be opened: its database driver {module} is not installed; "
                    f"install it with: {package}")
     assert not (tmp_path / "out" / "default" / "study.db").exists()
 

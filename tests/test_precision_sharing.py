@@ -13,9 +13,9 @@ from search_spaces import build_model
 from search_spaces.spec import CORES, DECODERS, DOWNSAMPLERS, TVCONV_DEPTHS
 from trainers.data import load_data
 from trainers.gpu_share import DeviceLock, is_fatal_cuda_error
-from trainers.train import TrainConfig, TrainingDiverged, fit, prepare_model, resolve_precision
+from trainers.train import TrainConfig, TrainingDiverged, fit, resolve_precision
 
-from helpers import tiny_spec
+from helpers import overflowing_model, tiny_spec
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -50,33 +50,17 @@ def data(tmp_path_factory):
     return load_data(None, 32, 32, n_train=16, n_val=4)
 
 
-def _overflowing(data, bad_steps: set[int]):
-    """A model whose logits overflow (inf) on the given training steps, as fp16 activations can."""
-    spec = tiny_spec(num_classes=data.info.num_classes)
-    model, calls = prepare_model(spec, data, seed=0), [0]
-
-    def hook(module, args, out):
-        if module.training:
-            calls[0] += 1
-            if calls[0] in bad_steps:
-                return out * float("inf")
-        return out
-
-    model.register_forward_hook(hook)
-    return spec, model
-
-
 def test_a_brief_fp16_overflow_is_a_skipped_step_not_a_failed_trial(data):
-    spec, model = _overflowing(data, {2})
+    spec, model = overflowing_model(data, {2})
     result = fit(spec, data, TrainConfig(epochs=2, batch_size=4, precision="fp16", augment=False), model=model)
     assert result.precision == "fp16" and result.skipped_steps >= 1 and len(result.history) == 2
-    spec, model = _overflowing(data, {2})
+    spec, model = overflowing_model(data, {2})
     with pytest.raises(TrainingDiverged, match="fp32"):  # full precision has no overflow to excuse
         fit(spec, data, TrainConfig(epochs=2, batch_size=4, precision="fp32", augment=False), model=model)
 
 
 def test_a_lasting_fp16_overflow_is_still_divergence(data):
-    spec, model = _overflowing(data, set(range(1, 100)))
+    spec, model = overflowing_model(data, set(range(1, 100)))
     with pytest.raises(TrainingDiverged, match="fp16"):
         fit(spec, data, TrainConfig(epochs=8, batch_size=4, precision="fp16", augment=False), model=model)
 
@@ -114,6 +98,41 @@ def test_the_timing_lock_waits_for_steps_in_flight_and_holds_off_new_ones(tmp_pa
     for t in threads:
         t.join(5)
     assert events == ["first start", "first end", "timer start", "timer end", "late start", "late end"]
+
+
+def test_a_trainer_holding_the_lock_across_steps_lets_a_timer_in_between_two_steps(tmp_path, monkeypatch):
+    # a training keeps its shared hold from step to step (no host sync per step), so a timer that
+    # arrives must still get the card between two steps, and the training must go on after it
+    monkeypatch.setenv("LIGHTSEG_LOCK_DIR", str(tmp_path))
+    key, events, timer_waiting = f"card-{uuid.uuid4()}", [], threading.Event()
+
+    def trainer():
+        lock = DeviceLock("cuda", key)
+        for step in range(12):
+            with lock.shared():
+                events.append(("step", step, "start"))
+                if step == 2:
+                    timer_waiting.set()
+                time.sleep(0.03)
+                events.append(("step", step, "end"))
+        lock.close()
+
+    def timer():
+        timer_waiting.wait()
+        with DeviceLock("cuda", key).exclusive():
+            events.append(("timer", "start"))
+            time.sleep(0.05)
+            events.append(("timer", "end"))
+
+    threads = [threading.Thread(target=trainer), threading.Thread(target=timer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    start, end = events.index(("timer", "start")), events.index(("timer", "end"))
+    assert end == start + 1  # no step ran while the timer held the card
+    assert events[start - 1][2] == "end" and events[end + 1][2] == "start"  # between two steps
+    assert sum(e[0] == "step" for e in events) == 24  # and the training went on to its end
 
 
 def test_the_lock_is_a_no_op_on_the_cpu():

@@ -99,6 +99,7 @@ class DeviceLock:
         device = Device.of(device)
         self.enabled = key is not None and (key != "auto" or (device.is_cuda and torch.cuda.is_available()))
         self._sync = device.torch if device.is_cuda and torch.cuda.is_available() else None
+        self._holding = False
         if self.enabled:
             name = _card_key(device) if key == "auto" else key
             folder = _lock_dir()
@@ -107,17 +108,40 @@ class DeviceLock:
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        """A step of GPU work. The hold outlasts the step until a timer waits, so consecutive steps need
+        no host synchronisation: the queued kernels are waited for only when a timer is to start."""
         if not self.enabled:
             yield
             return
-        fcntl.flock(self._gate, fcntl.LOCK_SH)  # passes at once unless a timer waits
-        fcntl.flock(self._gate, fcntl.LOCK_UN)
-        fcntl.flock(self._use, fcntl.LOCK_SH)
+        if not self._holding:
+            fcntl.flock(self._gate, fcntl.LOCK_SH)  # passes at once unless a timer waits
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+            fcntl.flock(self._use, fcntl.LOCK_SH)
+            self._holding = True
         try:
             yield
-            self._synchronize()  # the step's queued kernels are part of it: a timer must not overlap them
-        finally:
-            fcntl.flock(self._use, fcntl.LOCK_UN)
+        except BaseException:
+            self.let_go()
+            raise
+        if self._timer_waits():
+            self.let_go()
+
+    def _timer_waits(self) -> bool:
+        try:
+            fcntl.flock(self._gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a timer holds the gate while it waits for the steps in flight
+            return True
+        fcntl.flock(self._gate, fcntl.LOCK_UN)
+        return False
+
+    def let_go(self) -> None:
+        """End the shared hold: the steps' queued kernels are part of them, so a timer must not overlap them."""
+        if self.enabled and self._holding:
+            try:
+                self._synchronize()
+            finally:
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+                self._holding = False
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -142,5 +166,6 @@ class DeviceLock:
 
     def close(self) -> None:
         if self.enabled:
+            self.let_go()
             self._gate.close()
             self._use.close()

@@ -155,58 +155,61 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     read_each_step = not device.is_cuda or scaler.is_enabled()
     result = FitResult(metrics=SegMetrics(float("nan"), float("nan"), ()), precision=precision)
     in_row = 0
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(data.train), generator=gen)
-        losses = EpochLosses(device.torch)
-        for b in range(steps_per_epoch):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample
-                continue
-            for group in opt.param_groups:
-                group["lr"] = config.lr * _lr_factor(config.schedule, step, total)
-            step += 1
-            with lock.shared():  # the batch is made on the device too: all of it is the step's GPU work
-                x, y = batches(idx, gen if config.augment else None)
-                with _autocast(device.kind, precision):
-                    loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
-                losses.add(loss, b)
-                value = loss.item() if read_each_step else None
-                stepped = value is None or math.isfinite(value)
+    try:  # a step holds the GPU lock past its end (no host sync per step): let go however fit ends
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(data.train), generator=gen)
+            losses = EpochLosses(device.torch)
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                if len(idx) < 2:  # BatchNorm needs more than one sample
+                    continue
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * _lr_factor(config.schedule, step, total)
+                step += 1
+                with lock.shared():  # the batch is made on the device too: all of it is the step's GPU work
+                    x, y = batches(idx, gen if config.augment else None)
+                    with _autocast(device.kind, precision):
+                        loss = F.cross_entropy(model(x), y, ignore_index=info.ignore_index)
+                    losses.add(loss, b)
+                    value = loss.item() if read_each_step else None
+                    stepped = value is None or math.isfinite(value)
+                    if stepped:
+                        opt.zero_grad(set_to_none=True)
+                        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                        stepped = not scaler.is_enabled() or scaler.get_scale() >= scale  # else the gradients overflowed
                 if stepped:
-                    opt.zero_grad(set_to_none=True)
-                    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    stepped = not scaler.is_enabled() or scaler.get_scale() >= scale  # else the gradients overflowed
-            if stepped:
-                in_row = 0
-            else:
-                in_row += 1
-                if precision != "fp16" or in_row > MAX_SKIPPED_IN_ROW:
-                    raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {b} ({spec.tag()}, {precision})"
-                                           if not math.isfinite(value) else
-                                           f"gradients overflowed {in_row} steps in a row at epoch {epoch} ({spec.tag()})")
-                result.skipped_steps += 1
-        mean_loss, bad_step, bad_value = losses.read()
-        if bad_step is not None and precision != "fp16":  # found only now where the losses stayed on the GPU
-            raise TrainingDiverged(f"loss is {bad_value} at epoch {epoch}, step {bad_step} ({spec.tag()}, {precision})")
-        t1 = time.perf_counter()
-        with lock.shared():
-            result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
-        t2 = time.perf_counter()
-        result.train_seconds += t1 - t0
-        result.eval_seconds += t2 - t1
-        record = EpochRecord(epoch, mean_loss, result.metrics.miou, t2 - t0)
-        result.history.append(record)
-        if on_epoch is not None and on_epoch(record) is False:
-            result.stopped_early = epoch < config.epochs
-            break
+                    in_row = 0
+                else:
+                    in_row += 1
+                    if precision != "fp16" or in_row > MAX_SKIPPED_IN_ROW:
+                        raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {b} ({spec.tag()}, {precision})"
+                                               if not math.isfinite(value) else
+                                               f"gradients overflowed {in_row} steps in a row at epoch {epoch} ({spec.tag()})")
+                    result.skipped_steps += 1
+            mean_loss, bad_step, bad_value = losses.read()
+            if bad_step is not None and precision != "fp16":  # found only now where the losses stayed on the GPU
+                raise TrainingDiverged(f"loss is {bad_value} at epoch {epoch}, step {bad_step} ({spec.tag()}, {precision})")
+            t1 = time.perf_counter()
+            with lock.shared():
+                result.metrics = evaluate(model, data.val, info.num_classes, info.ignore_index, device=device)
+            lock.let_go()  # the metrics were read on the host, so this waits for nothing; the report may block
+            t2 = time.perf_counter()
+            result.train_seconds += t1 - t0
+            result.eval_seconds += t2 - t1
+            record = EpochRecord(epoch, mean_loss, result.metrics.miou, t2 - t0)
+            result.history.append(record)
+            if on_epoch is not None and on_epoch(record) is False:
+                result.stopped_early = epoch < config.epochs
+                break
+    finally:
+        lock.close()
     if device.is_cuda:
         result.peak_train_mem_mb = (torch.cuda.max_memory_allocated(device.torch) - before) / 2**20
-    lock.close()
     result.model = model.eval()
     return result
 
