@@ -52,7 +52,7 @@ def load_run_config(run_dir: Path) -> dict:
 def load_run_study(run_dir: Path) -> optuna.Study:
     config = load_run_config(run_dir)
     url = storage_url(run_dir, config.get("storage"))
-    from .study import RunFolderError, open_storage
+    from .storage import RunFolderError, open_storage
 
     try:
         storage = open_storage(url)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas import study as st
+from nas import storage as storage_module, study as st
 from nas.pareto import counted_trials
 
 import pg_server
@@ -97,11 +97,11 @@ def test_only_losing_the_table_creation_race_is_retried(monkeypatch, attr):
         return "opened"
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
-    monkeypatch.setattr(st.time, "sleep", lambda s: None)
-    assert st._open_storage("postgresql://db") == "opened" and len(calls) == 4
+    monkeypatch.setattr(storage_module.time, "sleep", lambda s: None)
+    assert storage_module._open_storage("postgresql://db") == "opened" and len(calls) == 4
     raised.append(sqlalchemy.exc.ProgrammingError("SELECT", {}, _PgError("42501", attr)))  # insufficient_privilege
     with pytest.raises(sqlalchemy.exc.ProgrammingError):
-        st._open_storage("postgresql://db")
+        storage_module._open_storage("postgresql://db")
     assert len(calls) == 5
 
 
