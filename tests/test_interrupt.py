@@ -10,14 +10,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
 
-from test_kill_resume import _kill_processes_mentioning
+from test_kill_resume import _kill_processes_mentioning, processes
 
 pytestmark = pytest.mark.slow
 BUDGET = 6
@@ -26,17 +25,7 @@ HINT = "interrupted — continue with --resume: "
 
 def _training(marker: str) -> bool:
     """Whether a trial of the search marked `marker` is in its worker (Ray Tune names the process)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
-            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="ignore")
-        except OSError:
-            continue
-        if "ImplicitFunc.train" in cmd and marker in env:
-            return True
-    return False
+    return any("ImplicitFunc.train" in cmd and marker in env for _, cmd, env in processes())
 
 
 def _key(params: dict) -> str:

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 BUDGET = 14
 
 
-def _kill_processes_mentioning(marker: str) -> None:
-    """Kill what a killed driver left behind (Ray's daemons and workers), found by their command line."""
+def processes():
+    """(pid, command line, environment) of every other process this user can read."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -26,6 +26,12 @@ def _kill_processes_mentioning(marker: str) -> None:
             env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="ignore")
         except OSError:
             continue
+        yield int(pid), cmd, env
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    """Kill what a killed driver left behind (Ray's daemons and workers), found by their command line."""
+    for pid, cmd, env in processes():
         if marker in cmd or marker in env:
             try:
                 os.kill(int(pid), signal.SIGKILL)
