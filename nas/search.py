@@ -170,13 +170,14 @@ def search(cfg: SearchConfig, argv: list[str] | None = None) -> int:
     """Run (or resume) a search and write every output; returns the process exit code. Ctrl-C or
     SIGTERM raises KeyboardInterrupt once what finished is written and the line that resumes the
     search (from `argv`, the command's flags) is printed, so that a caller looping over searches stops too."""
-    with StopRequest() as stop:
+    hint = f"interrupted — continue with --resume: {resume_command(argv)}"
+    with StopRequest(hint) as stop:
         try:
             _search(cfg, stop)
             if stop.requested:  # stopped cleanly while trials ran
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
-            print(f"interrupted — continue with --resume: {resume_command(argv)}", file=sys.stderr)
+            print(hint, file=sys.stderr)
             raise
     return 0
 
