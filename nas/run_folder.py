@@ -1,4 +1,5 @@
-"""The run folder of a search: made (or reopened, with --resume) and locked for one driver at a time.
+"""The run folder of a search: made (or reopened, with --resume) and locked for one driver at a time,
+and copied to `--artifacts-uri` at the end.
 
 A new run that fails or is interrupted before any trial started leaves nothing behind, so that the
 retry is not refused as a run that exists.
@@ -6,6 +7,7 @@ retry is not refused as a run that exists.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import sqlite3
 from contextlib import contextmanager
@@ -97,3 +99,23 @@ def _lock_or_refuse(run_dir: Path):
         handle.close()
         raise RunFolderError(f"{run_dir} is in use by another running search") from None
     return handle
+
+
+def publish_run_folder(run_dir: Path, uri: str) -> str:
+    """Copy the run folder (but its lock) to `uri`/<study>, a shared path or any file system pyarrow
+    (which Ray uses for its own storage) reaches; returns where it went."""
+    import pyarrow.fs as pafs
+
+    target = f"{uri.rstrip('/')}/{run_dir.name}"
+    fs, path = pafs.FileSystem.from_uri(target if "://" in target else str(Path(target).resolve()))
+    fs.create_dir(path, recursive=True)
+    local = pafs.LocalFileSystem()
+    for info in local.get_file_info(pafs.FileSelector(str(run_dir.resolve()), recursive=True)):
+        rel = os.path.relpath(info.path, run_dir.resolve())
+        if rel == ".lock":
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.create_dir(f"{path}/{rel}", recursive=True)
+        else:
+            pafs.copy_files(info.path, f"{path}/{rel}", source_filesystem=local, destination_filesystem=fs)
+    return target

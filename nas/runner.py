@@ -31,7 +31,7 @@ from trainers.gpu_share import is_fatal_cuda_error
 from .config import SearchConfig
 from .records import Status
 from .services import DriverServices, worker_attempt, worker_reconstruction
-from .study import Heartbeat, record_outcome, requeue
+from .study import Heartbeat
 from .trial import TrialSettings, evaluate_trial
 
 
@@ -211,26 +211,6 @@ def _task(fn: Callable[..., dict], *args) -> dict:
     if result.get("fatal"):  # a sticky CUDA error: this worker must not take another task; Ray retries this one
         os._exit(70)
     return result
-
-
-def publish_run_folder(run_dir: Path, uri: str) -> str:
-    """Copy the run folder (but its lock) to `uri`/<study>, a shared path or any file system pyarrow
-    (which Ray uses for its own storage) reaches; returns where it went."""
-    import pyarrow.fs as pafs
-
-    target = f"{uri.rstrip('/')}/{run_dir.name}"
-    fs, path = pafs.FileSystem.from_uri(target if "://" in target else str(Path(target).resolve()))
-    fs.create_dir(path, recursive=True)
-    local = pafs.LocalFileSystem()
-    for info in local.get_file_info(pafs.FileSelector(str(run_dir.resolve()), recursive=True)):
-        rel = os.path.relpath(info.path, run_dir.resolve())
-        if rel == ".lock":
-            continue
-        if info.type == pafs.FileType.Directory:
-            fs.create_dir(f"{path}/{rel}", recursive=True)
-        else:
-            pafs.copy_files(info.path, f"{path}/{rel}", source_filesystem=local, destination_filesystem=fs)
-    return target
 
 
 def gpu_count() -> int:

@@ -22,6 +22,7 @@ from .interrupt import EXIT_INTERRUPTED, StopRequest, resume_command
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .records import Status, StudyKey
 from .report import validation_summary, write_results, written_outputs
+from .run_folder import publish_run_folder
 from .trial import Constraints, TrialSettings
 from .validated_stage import ValidatedStage
 
@@ -248,7 +249,7 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
             print(pd.read_csv(run_dir / "presets.csv").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {run_dir}/: {' '.join(written_outputs(run_dir))}")
         if cfg.resources.artifacts_uri:
-            print(f"copied the run folder to {runner.publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
+            print(f"copied the run folder to {publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
 
 
 def _scales(cfg: SearchConfig, study: optuna.Study, space) -> dict[str, float]:

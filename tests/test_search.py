@@ -159,7 +159,7 @@ def test_latency_is_onnxruntime_by_default_and_recorded_in_the_meaning(run, tmp_
 
 
 def test_the_run_folder_is_copied_to_an_artifacts_uri(run, tmp_path):
-    from nas.runner import publish_run_folder
+    from nas.run_folder import publish_run_folder
 
     target = publish_run_folder(run.run_dir, str(tmp_path / "shared"))
     copied = {p.relative_to(target).as_posix() for p in __import__("pathlib").Path(target).rglob("*") if p.is_file()}
