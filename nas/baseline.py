@@ -16,10 +16,7 @@ from search_spaces.space import SearchSpace
 from .cli import UsageError
 from .config import Baseline, SearchConfig
 from .pareto import Objective
-from .trial import Constraints, TrialSettings
-
-# cost key -> the Constraints field (and --max-* flag) that limits it
-LIMITS = {"gmacs": "max_gmacs", "latency_ms": "max_latency_ms", "peak_mem_mb": "max_mem_mb", "params": "max_params"}
+from .trial import LIMITS, Constraints, TrialSettings
 
 
 def load_baseline(path: str, within: bool, explicit: Constraints, height: int, width: int) -> Baseline:

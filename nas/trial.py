@@ -27,6 +27,10 @@ from .cli import UsageError
 from .records import Status
 
 
+# cost key -> the Constraints field (and --max-* flag) that limits it
+LIMITS = {"latency_ms": "max_latency_ms", "gmacs": "max_gmacs", "params": "max_params", "peak_mem_mb": "max_mem_mb"}
+
+
 @dataclass(frozen=True)
 class Constraints:
     max_latency_ms: float | None = None
@@ -41,8 +45,7 @@ class Constraints:
                 raise UsageError(f"--{f.name.replace('_', '-')} {value}: a constraint must be positive")
 
     def violations(self, costs: dict) -> list[str]:
-        checks = (("latency_ms", self.max_latency_ms), ("gmacs", self.max_gmacs),
-                  ("params", self.max_params), ("peak_mem_mb", self.max_mem_mb))
+        checks = ((key, getattr(self, name)) for key, name in LIMITS.items())
         return [f"{key} {costs[key]:.4g} > {limit:g}" for key, limit in checks if limit is not None and costs[key] > limit]
 
 

@@ -50,3 +50,18 @@ def overflowing_model(data, bad_steps: set[int], spec: ArchSpec | None = None):
 
     model.register_forward_hook(hook)
     return spec, model
+
+
+def refused(main, argv, capsys) -> str:
+    """The one line a command run as typed (`main` through `nas.cli.run`) printed on refusing (exit 2)."""
+    import pytest
+
+    from nas.cli import run
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run(main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()

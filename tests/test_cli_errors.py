@@ -16,25 +16,13 @@ from PIL import Image
 from nas import export as export_cli
 from nas import profile as profile_cli
 from nas import train as train_cli
-from nas.cli import run
 from nas.records import TrialKey, storage_url
 from search_spaces import build_model
 from trainers.train import save_checkpoint
 
-from helpers import tiny_spec
+from helpers import refused, tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def refused(main, argv, capsys) -> str:
-    """The one line a command run as typed printed on refusing (exit status 2)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        run(main, [str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def refused_as_typed(command: list, tmp_path: Path) -> str:

@@ -11,6 +11,8 @@ import pytest
 from nas.cli import run as run_cli
 from nas.search import main as search_main
 
+from helpers import refused
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--budget", "2", "--epochs", "1", "--size", "32x32", "--val-size", "32x32", "--val-epochs", "1"]
 
@@ -21,14 +23,8 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _refused(argv, capsys) -> str:
-    """The one error line of a refused start (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(search_main, argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert exit_.value.code == 2, captured.out[-2000:] + err[-2000:]
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+    """The one error line of a refused search (exit status 2)."""
+    return refused(search_main, argv, capsys)
 
 
 @pytest.mark.parametrize("storage,message", [
