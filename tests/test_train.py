@@ -100,3 +100,22 @@ def test_train_cli_writes_checkpoint_metrics_and_png(tmp_path, data):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 1 and metrics["costs"]["gmacs"] > 0
     assert (out / "checkpoint.pt").stat().st_size > 0 and (out / "predictions.png").stat().st_size > 1000
+
+
+def test_a_cpu_training_runs_channels_last_and_hands_back_a_contiguous_model():
+    """oneDNN's fast layout inside fit; the model users export and time comes back in the usual one."""
+    from search_spaces import build_model
+    from trainers.device import Device
+    from trainers.train import memory_format
+
+    assert memory_format(Device.parse("cpu")) == torch.channels_last
+    assert memory_format(Device.parse("cuda:0")) == torch.contiguous_format
+    data = load_data(None, 32, 64, n_train=8, n_val=4)
+    spec = tiny_spec(height=32, width=64, num_classes=data.info.num_classes)
+    seen = []
+    model = build_model(spec)
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    result = fit(spec, data, TrainConfig(epochs=1, batch_size=4, augment=False), model=model)
+    assert seen and all(seen[:2])  # the training batches (evaluation follows)
+    weights = [p for p in result.model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous() for p in weights)
