@@ -1,13 +1,14 @@
-"""Does training in bf16 on a CPU (the `auto` precision where the CPU has AVX512-BF16 or AMX) give
-the same validated mIoU as fp32?
+"""Does `--precision bf16` on a CPU with native bf16 (AVX512-BF16 or AMX) give the same validated
+mIoU as fp32, the CPU's `auto`?
 
-The ladder's nets (benchmarks/scale_ladder.py) are trained at the validated protocol (32x64, 10
-epochs, seeds 1000 and 1001) in `auto` precision, and paired with their fp32 trainings of the same
-seeds in results/bench/scale_ladder.csv: the mean mIoU change with a 95 % bootstrap interval over
-nets, the largest change, and Kendall's tau between the two rankings of the nets.
+The resolution ladder's nets (benchmarks/scale_ladder.py) at the validated protocol (32x64, 10
+epochs, seeds 1000 and 1001): the ladder trains them in fp32; this adds their bf16 trainings of the
+same seeds to its log, results/bench/scale_ladder.csv, and compares the pairs: the mean mIoU change
+with a 95 % bootstrap interval over nets, the largest change, and Kendall's tau between the two
+rankings of the nets. (Speed: benchmarks/train_step.py, which times both in one run.)
 
-    python benchmarks/scale_ladder.py     # the fp32 trainings (its 32x64 rung)
-    python benchmarks/cpu_precision.py    # -> results/bench/cpu_precision.csv, cpu_precision_runs.csv
+    python benchmarks/scale_ladder.py     # the fp32 trainings (its 32x64 rung comes first)
+    python benchmarks/cpu_precision.py    # the bf16 ones -> results/bench/cpu_precision.csv
 """
 from __future__ import annotations
 
@@ -20,30 +21,26 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, run_logged, save  # noqa: E402
-from benchmarks.scale_ladder import LOG, SEEDS, ladder_nets, train  # noqa: E402
-from trainers.train import resolve_precision  # noqa: E402
-
-RUNS = RESULTS / "cpu_precision_runs.csv"
+from benchmarks.common import machine, run_logged, save  # noqa: E402
+from benchmarks.scale_ladder import LOG, SEEDS, done_trainings, ladder_nets, train  # noqa: E402
+from benchmarks.train_step import cpu_has_bf16  # noqa: E402
 
 
 def main() -> None:
     warnings.simplefilter("ignore")
-    precision = resolve_precision("auto", "cpu")
-    if precision == "fp32":
-        print("this CPU trains fp32 under `auto` (no native bf16): nothing to compare")
+    if not cpu_has_bf16():
+        print("this CPU has no native bf16 (it would be emulated, slower than fp32): nothing to compare")
         return
-    nets = ladder_nets()
-    done = pd.read_csv(RUNS) if RUNS.exists() else pd.DataFrame(columns=["net", "seed"])
-    have = set(zip(done["net"], done["seed"]))
+    precision = "bf16"
+    done = done_trainings()
     jobs = [{"net": n.name, "group": n.group, "spec": n.spec, "height": 32, "width": 64, "seed": s,
-             "precision": precision} for n in nets for s in SEEDS if (n.name, s) not in have]
-    print(f"{len(jobs)} trainings in {precision} to run  [{machine()}]", flush=True)
-    run_logged(train, jobs, RUNS, workers=2,
+             "precision": precision} for n in ladder_nets() for s in SEEDS if (n.name, "32x64", s, precision) not in done]
+    print(f"{len(jobs)} {precision} trainings to run  [{machine()}]", flush=True)
+    run_logged(train, jobs, LOG, workers=2,
                show=lambda r: f"{r['net']} seed {r['seed']}: mIoU {r['miou']:.3f} ({r['train_seconds']} s)")
-    fast = pd.read_csv(RUNS)
-    ref = pd.read_csv(LOG)
-    ref = ref[ref["rung"] == "32x64"]
+    runs = pd.read_csv(LOG)
+    runs = runs[runs["rung"] == "32x64"]
+    ref, fast = runs[runs["precision"] == "fp32"], runs[runs["precision"] == precision]
     pairs = fast.merge(ref, on=["net", "seed"], suffixes=("_bf16", "_fp32"))
     per_net = pairs.groupby("net")[["miou_bf16", "miou_fp32"]].mean()
     diff = (per_net["miou_bf16"] - per_net["miou_fp32"]).to_numpy()

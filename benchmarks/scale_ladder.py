@@ -9,7 +9,9 @@ at each rung (the same scenes drawn at that size, not rescaled pixels), and cost
 
 Training length: equal optimiser steps at every rung (256 images, 10 epochs, 160 steps). Every
 epoch's validation mIoU is kept (`miou_by_epoch`), so the report checks that the last epochs have
-flattened at each size instead of assuming it.
+flattened at each size instead of assuming it. Precision: what `auto` trains in on this CPU (bf16
+where it has AVX512-BF16 or AMX), as a search here does; each row names it, and
+benchmarks/cpu_precision.py adds the fp32 trainings of the 32x64 rung to compare the two.
 
     python benchmarks/scale_ladder.py                 # the trainings (resumable; hours on 2 cores)
     python benchmarks/scale_ladder.py --costs         # GMACs, params, memory, ORT latency per rung (run alone)
@@ -32,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, run_logged  # noqa: E402
 from search_spaces import ArchSpec  # noqa: E402
+from trainers.train import resolve_precision  # noqa: E402
 
 EXAMPLE = RESULTS.parent / "example"
 TRAIN_RUNGS = ((32, 64), (64, 128), (128, 256))
@@ -117,15 +120,14 @@ def train(job: dict) -> dict:
     h, w = job["height"], job["width"]
     data = load_data(None, h, w, seed=0)
     spec = ArchSpec.from_dict(job["spec"]).with_input(height=h, width=w)
-    # fp32 pinned: every rung trains alike, whatever the CPU's `auto` precision is
-    result = fit(spec, data, TrialSettings(precision=job.get("precision", "fp32")).train_config(EPOCHS, job["seed"]))
+    result = fit(spec, data, TrialSettings(precision=job["precision"]).train_config(EPOCHS, job["seed"]))
     return {"net": job["net"], "group": job["group"], "rung": f"{h}x{w}", "height": h, "width": w,
-            "seed": job["seed"], "epochs": EPOCHS, "miou": result.miou,
+            "seed": job["seed"], "epochs": EPOCHS, "precision": result.precision, "miou": result.miou,
             "miou_by_epoch": "/".join(f"{r.miou:.4f}" for r in result.history),
             "train_seconds": round(result.train_seconds, 1), "eval_seconds": round(result.eval_seconds, 1)}
 
 
-def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int]]) -> list[dict]:
+def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int, str]], precision: str) -> list[dict]:
     """The (net, rung, seed) trainings not in the log, in the order that gives answers soonest: the
     32x64 rung, then every net at the reference rung with one seed, then its second seed, then the
     rungs between; most GMACs first within each (the two workers finish together)."""
@@ -138,9 +140,15 @@ def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int]]) -> lis
     jobs = []
     for (h, w), seeds in order:
         for net in sorted(nets, key=lambda n: -macs[n.name]):
-            jobs += [{"net": net.name, "group": net.group, "spec": net.spec, "height": h, "width": w, "seed": s}
-                     for s in seeds if (net.name, f"{h}x{w}", s) not in done]
+            jobs += [{"net": net.name, "group": net.group, "spec": net.spec, "height": h, "width": w, "seed": s,
+                      "precision": precision} for s in seeds if (net.name, f"{h}x{w}", s, precision) not in done]
     return jobs
+
+
+def done_trainings() -> set[tuple[str, str, int, str]]:
+    """(net, rung, seed, precision) of every training in the log."""
+    done = pd.read_csv(LOG) if LOG.exists() else pd.DataFrame(columns=["net", "rung", "seed", "precision"])
+    return set(zip(done["net"], done["rung"], done["seed"], done["precision"]))
 
 
 def measure_rung_costs(nets: list[LadderNet]) -> pd.DataFrame:
@@ -176,9 +184,9 @@ def main() -> None:
         table.to_csv(COSTS, index=False)
         print(f"wrote {COSTS}  ({machine()})")
         return
-    done = pd.read_csv(LOG) if LOG.exists() else pd.DataFrame(columns=["net", "rung", "seed"])
-    jobs = training_jobs(nets, set(zip(done["net"], done["rung"], done["seed"])))
-    print(f"{len(nets)} nets x {len(TRAIN_RUNGS)} rungs x {len(SEEDS)} seeds, {EPOCHS} epochs: "
+    precision = resolve_precision("auto", "cpu")
+    jobs = training_jobs(nets, done_trainings(), precision)
+    print(f"{len(nets)} nets x {len(TRAIN_RUNGS)} rungs x {len(SEEDS)} seeds, {EPOCHS} epochs, {precision}: "
           f"{len(jobs)} trainings to run  [{machine()}]", flush=True)
     run_logged(train, jobs, LOG, args.workers,
                show=lambda r: f"{r['rung']} {r['net']} seed {r['seed']}: mIoU {r['miou']:.3f} ({r['train_seconds']} s)")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save  # noqa: E402
 from benchmarks.scale_ladder import AXIS_BASE, COSTS, LOG, REFERENCE, ladder_nets  # noqa: E402
 from nas.validate import DEFAULT_NOISE, preset_dominance  # noqa: E402
+from trainers.train import resolve_precision  # noqa: E402
 
 AGREEMENT = Path(__file__).resolve().parent.parent / "nas" / "ladder_agreement.csv"
 REF = f"{REFERENCE[0]}x{REFERENCE[1]}"
@@ -110,8 +111,10 @@ def main() -> None:
     nets = ladder_nets()
     groups = {n.name: n.group for n in nets}
     runs = pd.read_csv(LOG)
+    precision = resolve_precision("auto", "cpu")  # the ladder's own trainings (cpu_precision.py adds fp32 ones)
+    runs = runs[runs["precision"] == precision]
     means = rung_means(runs)
-    print(f"{len(runs)} trainings: " + ", ".join(f"{r} {n}" for r, n in runs.groupby("rung").size().items()))
+    print(f"{len(runs)} trainings in {precision}: " + ", ".join(f"{r} {n}" for r, n in runs.groupby("rung").size().items()))
     agree = rank_agreement(means, groups)
     save(agree, "scale_ladder_tau")
     save(flattening(runs), "scale_ladder_flattening")

@@ -5,11 +5,13 @@ two front nets of the example run, on one thread:
 - the split of a step: data path, forward + loss, backward, optimiser (wall clock), and the
   profiler's self time by kind of op (dense convolution, depthwise/grouped convolution, TVConv's
   unfold, normalisation, the rest);
-- steps per second for each variant: fp32 (as today), channels_last, bf16 autocast (the CPU's
-  avx512_bf16 flag is checked and printed), both, and torch.compile;
+- steps per second for each variant: fp32 contiguous (the step before this benchmark), fp32
+  channels_last (fit's CPU layout since), bf16 autocast (the CPU's avx512_bf16 flag is checked and
+  printed), bf16 channels_last, and torch.compile;
 - two concurrent 1-thread trainings, unpinned and pinned one per core (the search's placement).
 
-    python benchmarks/train_step.py            # -> results/bench/train_step.csv, train_step_ops.csv
+    python benchmarks/train_step.py            # -> results/bench/train_step.csv, train_step_ops.csv, train_step_placement.csv
+    python benchmarks/train_step.py --size 32x64 --steps 20 --parts steps   # the search's default size
     python benchmarks/train_step.py --quick    # 32x64, 2 steps: checks that it runs
 
 Every variant of a net is timed in the same process, one after the other, so the ratios between
@@ -143,26 +145,35 @@ def main() -> None:
     p.add_argument("--size", default="128x256")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--parts", default="steps,ops,placement", help="which measurements: steps, ops, placement")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     h, w = (32, 64) if args.quick else map(int, args.size.split("x"))
     steps = 2 if args.quick else args.steps
+    parts = args.parts.split(",")
+    suffix = "_quick" if args.quick else "" if (h, w) == (128, 256) else f"_{h}x{w}"
     print(f"CPU bf16: {'native (avx512_bf16/amx)' if cpu_has_bf16() else 'emulated'}; {machine()}", flush=True)
-    rows = []
-    for name in NETS:
-        for variant in VARIANTS:
-            rows.append(step_parts(name, variant, h, w, steps))
-            print(f"{name} {variant}: {rows[-1]['steps_per_s']:.3f} steps/s", flush=True)
-    table = pd.DataFrame(rows)
-    base = table[table.variant == "fp32"].set_index("net")["steps_per_s"]
-    table["vs_fp32"] = table["steps_per_s"] / table["net"].map(base)
-    save(table, "train_step" + ("_quick" if args.quick else ""))
-    ops = pd.concat([op_shares(n, h, w) for n in NETS])
-    save(ops.pivot(index="net", columns="kind", values="share").reset_index(), "train_step_ops" + ("_quick" if args.quick else ""))
-    placement = [{"net": n, "placement": "pinned" if pin else "unpinned",
-                  "steps_per_s_total": concurrent(n, h, w, steps, pin)} for n in NETS[:2] for pin in (False, True)]
-    save(pd.DataFrame(placement), "train_step_placement" + ("_quick" if args.quick else ""))
+    if "steps" in parts:
+        rows = []
+        for name in NETS:
+            for variant in VARIANTS:
+                rows.append(step_parts(name, variant, h, w, steps))
+                print(f"{name} {variant}: {rows[-1]['steps_per_s']:.3f} steps/s", flush=True)
+        table = pd.DataFrame(rows)
+        base = table[table.variant == "fp32"].set_index("net")["steps_per_s"]
+        table["vs_fp32"] = table["steps_per_s"] / table["net"].map(base)
+        save(table, "train_step" + suffix)
+    if "ops" in parts:
+        ops = pd.concat([op_shares(n, h, w) for n in NETS])
+        save(ops.pivot(index="net", columns="kind", values="share").reset_index(), "train_step_ops" + suffix)
+    if "placement" in parts:
+        placement = [{"net": n, "placement": "pinned" if pin else "unpinned",
+                      "steps_per_s_total": concurrent(n, h, w, steps, pin)} for n in NETS[:2] for pin in (False, True)]
+        single = {n: step_parts(n, "fp32", h, w, steps)["steps_per_s"] for n in NETS[:2]}
+        table = pd.DataFrame(placement)
+        table["vs_one_alone"] = table["steps_per_s_total"] / table["net"].map(single)
+        save(table, "train_step_placement" + suffix)
 
 
 if __name__ == "__main__":

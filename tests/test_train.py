@@ -103,19 +103,35 @@ def test_train_cli_writes_checkpoint_metrics_and_png(tmp_path, data):
 
 
 def test_a_cpu_training_runs_channels_last_and_hands_back_a_contiguous_model():
-    """oneDNN's fast layout inside fit; the model users export and time comes back in the usual one."""
+    """oneDNN's fast layout inside an fp32 fit; the model users export and time comes back in the usual one."""
     from search_spaces import build_model
     from trainers.device import Device
     from trainers.train import memory_format
 
-    assert memory_format(Device.parse("cpu")) == torch.channels_last
-    assert memory_format(Device.parse("cuda:0")) == torch.contiguous_format
+    assert memory_format(Device.parse("cpu"), "fp32") == torch.channels_last
+    assert memory_format(Device.parse("cuda:0"), "fp32") == torch.contiguous_format
     data = load_data(None, 32, 64, n_train=8, n_val=4)
     spec = tiny_spec(height=32, width=64, num_classes=data.info.num_classes)
     seen = []
     model = build_model(spec)
     model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    result = fit(spec, data, TrainConfig(epochs=1, batch_size=4, augment=False), model=model)
+    result = fit(spec, data, TrainConfig(epochs=1, batch_size=4, augment=False, precision="fp32"), model=model)
     assert seen and all(seen[:2])  # the training batches (evaluation follows)
     weights = [p for p in result.model.parameters() if p.dim() == 4]
     assert weights and all(p.is_contiguous() for p in weights)
+
+
+def test_bf16_on_the_cpu_trains_in_the_layout_whose_gradients_stay_finite():
+    """oneDNN gives NaN weight gradients for this dilated (3, 1) convolution in bf16 and channels_last
+    (found when a searched net diverged at its second step); fit's bf16 layout must not."""
+    from trainers.device import Device
+    from trainers.train import memory_format
+
+    layout = memory_format(Device.parse("cpu"), "bf16")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 24, (3, 1), padding=(4, 0), dilation=(4, 1)).to(memory_format=layout)
+    x = torch.randn(16, 24, 16, 32).contiguous(memory_format=layout)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    y.float().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()

@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # CPU threads for this training; None keeps torch's setting
-    precision: str = "auto"  # fp32, bf16 or fp16 autocast; auto: bf16 where the chip has it natively, else fp16 on a GPU, fp32 on a CPU
+    precision: str = "auto"  # fp32, bf16 or fp16 autocast; auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU
 
     def __post_init__(self) -> None:
         if self.schedule not in ("poly", "cosine"):
@@ -82,30 +82,25 @@ class FitResult:
 
 
 def resolve_precision(precision: str, device: str | Device) -> str:
-    """What `auto` means on `device`: bf16 needs no loss scaling, so it is preferred wherever the chip
-    multiplies it natively (recent GPUs; CPUs with AVX512-BF16 or AMX, where it trains 1.0-2x faster,
-    results/bench/train_step.csv); fp16 with a gradient scaler on older GPUs; fp32 on other CPUs."""
+    """What `auto` means on `device`: bf16 needs no loss scaling, so it is preferred where the GPU
+    supports it; fp16 with a gradient scaler on older GPUs; fp32 on the CPU, even one with native
+    bf16: there a step was 0.9-1.6x fp32's (results/bench/train_step*.csv), so `--precision bf16` is
+    the user's choice, not a silent change of the protocol."""
     if precision != "auto":
         return precision
     device = Device.of(device)
     if device.is_cuda and torch.cuda.is_available():
         with torch.cuda.device(device.torch):  # torch answers for the current card
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "bf16" if not device.is_cuda and cpu_has_native_bf16() else "fp32"
+    return "fp32"
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions in hardware here (emulated bf16 is slower than fp32)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def memory_format(device: Device) -> torch.memory_format:
-    """channels_last on a CPU: oneDNN's convolutions take NHWC without reordering each call (a
-    training step 1.0-1.3x faster in fp32, up to 2x with bf16); contiguous on GPUs, as measured there."""
-    return torch.contiguous_format if device.is_cuda else torch.channels_last
+def memory_format(device: Device, precision: str) -> torch.memory_format:
+    """channels_last for fp32 on a CPU: oneDNN's convolutions take NHWC without reordering on each
+    call (a step 1.0-1.5x faster, results/bench/train_step*.csv). Not with bf16: there oneDNN's
+    weight gradient of some dilated convolutions comes out NaN (tests/test_train.py holds a case).
+    Contiguous on GPUs, as measured there."""
+    return torch.channels_last if not device.is_cuda and precision == "fp32" else torch.contiguous_format
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:
@@ -157,13 +152,13 @@ def fit(spec: ArchSpec, data: SegData, config: TrainConfig = TrainConfig(),
     if device.is_cuda:  # the peak is the training's: the resident split, put there first, is not part of it
         torch.cuda.reset_peak_memory_stats(device.torch)
         before = torch.cuda.memory_allocated(device.torch)
-    layout = memory_format(device)
+    precision = resolve_precision(config.precision, device)
+    layout = memory_format(device, precision)
     model = (model or prepare_model(spec, data, config.seed, reconstruction)).to(device.torch, memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws whatever the device
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total, step = steps_per_epoch * config.epochs, 0
-    precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.kind, enabled=precision == "fp16")
     lock = DeviceLock(device)  # steps shared, so a neighbour's latency timing never overlaps them
     # A loss read on the host makes it wait for the step's kernels; on a GPU the losses stay there
