@@ -17,6 +17,7 @@ from trainers.data import SegData
 
 from .cli import UsageError
 from .pareto import Objective
+from .protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, ladder_agreement
 from .records import baseline_label, storage_url
 from .trial import Constraints, TrialSettings
 from .validate import DEFAULT_NOISE, Protocol
@@ -95,6 +96,8 @@ class TrialMeaning:
         }
         if b is not None:  # a key only where there is a baseline: studies without one resume as before
             described["baseline"] = f"{b.path} ({ArchSpec.from_dict(b.spec).tag()})"
+        if s.latency_target is not None:  # likewise only with --latency-target (its board: nas.target.check_board)
+            described["latency target"] = s.latency_target.describe(s.latency_runs)
         return described
 
 
@@ -133,6 +136,7 @@ class RunOptions:
     quiet: bool = False
     noise: float = DEFAULT_NOISE
     val_max: int = 12
+    protocol: str = PROTOCOLS[DEFAULT_PROTOCOL].label()  # the named protocol the sizes came from, or custom
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -222,6 +226,10 @@ class SearchConfig:
         d.update(fields)
         d["objectives"] = [o.name for o in self.objectives]
         d["deploy_size"] = self.deploy_label
+        agreement = ladder_agreement(self.meaning.val_height, self.meaning.val_width)
+        d["protocol_agreement"] = agreement.sentence() if agreement else "not measured by the resolution ladder"
         if not any(d["settings"]["faults"].values()):  # fault injection is for the tests: shown only when set
             del d["settings"]["faults"]
+        if d["settings"].get("latency_target") is None:  # recorded only with --latency-target, as the baseline
+            d["settings"].pop("latency_target", None)
         return d

@@ -50,6 +50,7 @@ class StudyKey:
     """Study-wide user attributes."""
     TRIAL_MEANING = "trial_meaning"  # what the resume check compares
     HYPERVOLUME_SCALES = "hypervolume_scales"  # the fixed hypervolume reference
+    TARGET_BOARD = "target_board"  # --latency-target: the board's facts (CPU, cores, ONNX Runtime, providers)
 
 
 STUDY_DB = "study.db"  # the run folder's own database, where no --storage names another
@@ -72,7 +73,12 @@ CARRIED = (TrialKey.PRESET, TrialKey.RETRY_OF, TrialKey.PRIOR_ATTEMPTS)
 # The fields of a trial's final result kept as its attributes ("epoch" is stored as "epochs").
 RECORDED = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
             "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
-            "precision", "skipped_steps", "started_at", "finished_at", TrialKey.NODE)
+            "precision", "skipped_steps", "started_at", "finished_at", TrialKey.NODE,
+            # --latency-target: latency_ms is the board's; the search host's, and which measurement it was
+            "latency_ms_host", "latency_iqr_ms_host", "latency_device", "target_graph", "target_measurement")
+
+# The columns trials.csv adds after the latency where a run measured on a --latency-target board.
+TARGET_COLUMNS = ("latency_device", "latency_ms_host", "latency_iqr_ms_host")
 
 
 # The trial attributes trials.csv shows, in its column order.
@@ -93,6 +99,15 @@ def is_validated_key_of(key: str, number: int) -> bool:
 def isolated_key(number: int) -> str:
     """The study attribute of trial `number`'s latency timed with nothing else running."""
     return f"isolated:{number}"
+
+
+def target_key(graph: str) -> str:
+    """The study attribute of one graph's measurement on the --latency-target board (by its content key)."""
+    return f"target:{graph}"
+
+
+def is_target_key(key: str) -> bool:
+    return key.startswith("target:")
 
 
 WORKER_DIED = "worker process died, or its CUDA context failed, twice (retried once)"

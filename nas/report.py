@@ -23,6 +23,7 @@ from .pareto import (Objective, counted_trials, front_trials, hypervolume, hyper
 from . import insight
 from .plots import plot_fronts, plot_hypervolume
 from .records import StudyKey
+from .target import labelled, latency_source, with_target_columns
 from .validate import Validation, indistinguishable, preset_dominance
 
 FRONT_COLUMNS = ("trial", "preset", "tag", "miou", "miou_std", "miou_search", "gmacs", "latency_ms",
@@ -52,7 +53,7 @@ def front_table(table: pd.DataFrame, study: optuna.Study, validation: Validation
 def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objective], scales: dict[str, float],
                   config: dict, how: str = "knee", validation: Validation | None = None) -> pd.DataFrame:
     """Write every output of a run; returns the front table."""
-    table = trials_table(study)
+    table = with_target_columns(trials_table(study), study)
     if validation is not None and len(table):
         table = table.merge(validation.table, on="trial", how="left")
     atomic_write(run_dir / "trials.csv", table.to_csv(index=False))
@@ -77,7 +78,7 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
     final_hv = (hypervolume(losses(v, objectives, scales) for v in values),
                 hypervolume(log_losses(v, objectives, scales) for v in values))
     search_label = f"search protocol: {config['height']}x{config['width']}, {config['settings']['epochs']} epochs, 1 seed"
-    plots = plot_fronts(run_dir, table, numbers, objectives, search_label,
+    plots = plot_fronts(run_dir, table, numbers, labelled(objectives, config), search_label,
                         validation.protocol.label() if validation is not None else None)
     plots.append(plot_hypervolume(run_dir, history))
     metrics = insight.run_metrics([o.key for o in objectives], table)
@@ -164,6 +165,9 @@ def write_html(run_dir: Path, front: pd.DataFrame, plots: list[Path], config: di
     else:
         fidelity, basis = "<p>Not validated: the front is the search protocol's.</p>", "search-protocol values"
     deploy = html.escape(str(config.get("deploy_size", f"{config['height']}x{config['width']}")))
+    source = latency_source(config)
+    measured = (f" Latency is measured on the {html.escape(source)} (ONNX Runtime; the search host's figure is "
+                "latency_ms_host in trials.csv)." if source else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(config['study'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
 img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style></head><body>
@@ -171,7 +175,7 @@ img{{max-width:580px}} table{{border-collapse:collapse}} td,th{{border:1px solid
 <p>{len(history)} trials; search-protocol hypervolume {history[-1] if history else 0:.4f}; hypervolume of the
 final front {final_hv[0]:.4f} on linear costs, {final_hv[1]:.4f} on log-scaled costs (the scale that values a
 ten times cheaper net; see "Which hypervolume" in docs/measurement.md). Every cost is the network's at the deployment size {deploy}, batch 1 (trained at
-{config['height']}x{config['width']}); GMACs count one multiply-add as one.</p>
+{config['height']}x{config['width']}); GMACs count one multiply-add as one.{measured}</p>
 <h2>Pareto front, from {basis}</h2>{front_html}
 <h2>Fidelity</h2>{fidelity}<h2>What mattered</h2>{mattered}<h2>Plots</h2>{imgs}
 <h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></body></html>"""

@@ -32,6 +32,7 @@ from .config import SearchConfig
 from .records import Status
 from .services import DriverServices, worker_attempt, worker_reconstruction
 from .study import Heartbeat
+from .target_ledger import TargetClient
 from .trial import TrialSettings, evaluate_trial
 
 
@@ -52,7 +53,8 @@ def _trainable(config: dict, data: SegData) -> None:
     result = evaluate_trial(spec, data, settings, config["number"], attempt=attempt,
                             report=lambda r: tune.report({**r, "node": node}),
                             reconstruction=worker_reconstruction(config["ledger"], config["reconstruction"]),
-                            retry_of=None if retry_of < 0 else retry_of, reference=bool(config.get("preset")))
+                            retry_of=None if retry_of < 0 else retry_of, reference=bool(config.get("preset")),
+                            board=TargetClient.named(config.get("target_ledger"), settings))
     if result.get("fatal"):
         raise WorkerUnusable(result["reason"])
     if result["status"] != Status.COMPLETE:
@@ -130,10 +132,12 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
 
 
 def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data: SegData, data_ref, n: int,
-               scales: dict[str, float], callbacks: list, stop: threading.Event | None = None) -> int:
+               scales: dict[str, float], callbacks: list, stop: threading.Event | None = None,
+               target_ledger: str | None = None) -> int:
     """Run `n` more trials through Ray Tune on the data set `share_data` put in the object store
     (`data` is the driver's view of it, on which the driver fits DUpsampling's W for the trials).
     Setting `stop` ends the run early: the trials in flight are stopped and queued again.
+    `target_ledger` names the --latency-target ledger the trials measure latency through.
     Returns how many were interrupted (by a lost node or `stop`) and queued again (the caller runs them)."""
     import ray
     from ray import tune
@@ -156,7 +160,7 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     trainable = tune.with_resources(_shared_trainable(data_ref), {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        param_space={"settings": cfg.settings.to_dict(), "ledger": services.name},
+        param_space={"settings": cfg.settings.to_dict(), "ledger": services.name, "target_ledger": target_ledger},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=str((cfg.run_dir / "tune").resolve()),

@@ -19,10 +19,13 @@ from .cli import UsageError, parse_net_size, run
 from .baseline import load_baseline, within_baseline
 from .config import Resources, RunOptions, SearchConfig, TrialMeaning
 from .interrupt import EXIT_INTERRUPTED, StopRequest, resume_command
+from .protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, protocol_label
 from .pareto import front_trials, hypervolume, losses, parse_objectives
 from .records import Status, StudyKey
 from .report import validation_summary, write_results, written_outputs
 from .run_folder import publish_run_folder
+from .target import TargetError, add_target_flags, target_from_args
+from .target_ledger import open_board
 from .trial import Constraints, TrialSettings
 from .validated_stage import ValidatedStage
 
@@ -43,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sampler", default=RunOptions.sampler, choices=st.SAMPLERS,
       help="search strategy: Optuna's samplers, local (local search around the front), screen (a costed pool screened by -fisher) or predict (a costed pool, an ensemble predictor)")
     a("--seed", type=int, default=TrialMeaning.seed, help="fixes sampling, data order and initialisation")
-    a("--epochs", type=int, default=TrialSettings.epochs, help="maximum training epochs per trial")
-    a("--size", default=f"{TrialMeaning.height}x{TrialMeaning.width}", help="input HxW of every network (multiple of 32)")
+    a("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+      help="sizes and epochs of the search and the validated stage together: " + "; ".join(
+          p.label() for p in PROTOCOLS.values()) + " (docs/benchmarks.md, 'The resolution ladder')")
+    a("--epochs", type=int, default=None, help="maximum training epochs per trial (default: the protocol's)")
+    a("--size", default=None, help="input HxW of every network, a multiple of 32 (default: the protocol's)")
     a("--deploy-size", default=None, help="input HxW the costs (and constraints) are measured at (default: --size)")
     a("--cpus-per-trial", type=float, default=Resources.cpus_per_trial, help="CPUs (and torch threads) per trial")
     a("--gpus-per-trial", type=float, default=Resources.gpus_per_trial, help="GPUs per trial; fractional shares one GPU")
@@ -78,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="with --baseline: its costs at the deployment size (those among the objectives: gmacs, latency, memory, "
            "params; latency with its timing spread) become constraints; where a --max-* flag is also given, the "
            "tighter limit wins")
+    add_target_flags(p)
     v = p.add_argument_group("validated final stage", "the front candidates and the presets retrained at a "
                              "reference protocol with several seeds; the final front comes from these values")
-    v.add_argument("--val-size", default=f"{TrialMeaning.val_height}x{TrialMeaning.val_width}",
-                   help="input HxW of the validation protocol")
-    v.add_argument("--val-epochs", type=int, default=TrialMeaning.val_epochs, help="epochs of the validation protocol")
+    v.add_argument("--val-size", default=None, help="input HxW of the validation protocol (default: the protocol's)")
+    v.add_argument("--val-epochs", type=int, default=None, help="epochs of the validation protocol (default: the protocol's)")
     v.add_argument("--val-seeds", type=int, default=TrialMeaning.val_seeds, help="seeds averaged per validated net (at least 2)")
     v.add_argument("--noise", type=float, default=RunOptions.noise,
                    help="search-protocol seed noise in mIoU: trials this close to the front are validated too")
@@ -99,16 +105,20 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         objectives = parse_objectives(args.objectives)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    h, w = parse_net_size(args.size, "--size")
-    vh, vw = parse_net_size(args.val_size, "--val-size")
+    named = PROTOCOLS[args.protocol]
+    h, w = parse_net_size(args.size, "--size") if args.size else named.size
+    vh, vw = parse_net_size(args.val_size, "--val-size") if args.val_size else named.val_size
+    epochs = named.epochs if args.epochs is None else args.epochs
+    val_epochs = named.val_epochs if args.val_epochs is None else args.val_epochs
     deploy = parse_net_size(args.deploy_size, "--deploy-size") if args.deploy_size else (h, w)
     device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_trial > 0 else "cpu")
     settings = TrialSettings(
-        epochs=args.epochs, seed=args.seed, threads=max(1, int(args.cpus_per_trial)), device=device,
+        epochs=epochs, seed=args.seed, threads=max(1, int(args.cpus_per_trial)), device=device,
         latency_backend=args.latency_backend, precision=args.precision,
         gpu_share=args.gpus_per_trial if device == "cuda" and args.gpus_per_trial < 1 else 0.0,
         deploy_size=None if deploy == (h, w) else deploy,
         constraints=Constraints(args.max_latency_ms, args.max_gmacs, args.max_params, args.max_mem_mb),
+        latency_target=target_from_args(args),
     )
     if args.within_baseline and not args.baseline:
         raise UsageError("--within-baseline: needs --baseline PATH.yaml (the net whose costs become the constraints)")
@@ -117,13 +127,14 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         meaning=TrialMeaning(
             objectives=objectives, settings=settings, data=args.data, height=h, width=w, seed=args.seed,
             early_stopping=not args.no_early_stopping, validate=not args.no_validate, val_height=vh, val_width=vw,
-            val_epochs=args.val_epochs, val_seeds=args.val_seeds, baseline=baseline),
+            val_epochs=val_epochs, val_seeds=args.val_seeds, baseline=baseline),
         resources=Resources(
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             address=args.address, storage=args.storage, artifacts_uri=args.artifacts_uri),
         options=RunOptions(
             study=args.study, out=args.out, budget=args.budget, sampler=args.sampler, presets=not args.no_presets,
-            pick=args.pick, resume=args.resume, force=args.force, noise=args.noise, val_max=args.val_max),
+            pick=args.pick, resume=args.resume, force=args.force, noise=args.noise, val_max=args.val_max,
+            protocol=protocol_label(args.protocol, (h, w), epochs, (vh, vw), val_epochs)),
     )
     if args.address:  # the trials run on a cluster, whose workers are asked at start (nas.runner)
         return cfg
@@ -206,14 +217,15 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
         if cfg.options.presets:
             st.enqueue_presets(study, space)
         remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
-        if remaining or runner.uses_workers(cfg):  # Ray refuses resources it lacks before any result is written
-            runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)
-        scales = _scales(cfg, study, space)
-        config = cfg.to_dict()
+        if remaining or runner.uses_workers(cfg) or cfg.settings.latency_target:  # Ray refuses resources it
+            runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)  # lacks before any result is written
+        board = open_board(cfg.settings, study)  # None without --latency-target
+        scales = _scales(cfg, study, space, board)
+        config = {**cfg.to_dict(), **({StudyKey.TARGET_BOARD: board.facts} if board is not None else {})}
         progress = Progress(cfg, study, scales)
         print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
-        stage = ValidatedStage(cfg, study) if cfg.meaning.validate else None
+        stage = ValidatedStage(cfg, study, target=board) if cfg.meaning.validate else None
         validation, data_ref = None, None
         try:
             with stop.gracefully():  # Ctrl-C stops the trials in flight and queues them again
@@ -223,7 +235,7 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
                     from .tune_adapters import ProgressCallback  # imports Ray
 
                     lost = runner.run_trials(cfg, study, space, data, data_ref, remaining, scales,
-                                             [ProgressCallback(progress)], stop.event)
+                                             [ProgressCallback(progress)], stop.event, board and board.client.ledger)
                     # trials deferred for running out of memory run once more, beside other neighbours, and
                     # those a lost node or Ctrl-C interrupted run again
                     again = st.requeue_deferred(study, cfg.budget_owner)
@@ -237,11 +249,14 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
                 stage.run(data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
+            if board is not None:  # the board's last measurements into the study first
+                board.close()
             if stage is not None:
                 validation = stage.summarise()
             front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.options.pick, validation)
         if validation is not None:
             print("\n".join(validation_summary(validation)))
+        print(f"protocol: {cfg.options.protocol}; {config['protocol_agreement']}")
         _print_front(front)
         if (run_dir / "presets.csv").exists():
             print("\npresets against the validated nets (best at <= their GMACs and isolated latency; "
@@ -252,11 +267,15 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
             print(f"copied the run folder to {publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
 
 
-def _scales(cfg: SearchConfig, study: optuna.Study, space) -> dict[str, float]:
-    """The fixed hypervolume reference, measured once per study and kept in the study itself."""
+def _scales(cfg: SearchConfig, study: optuna.Study, space, board=None) -> dict[str, float]:
+    """The fixed hypervolume reference, measured once per study and kept in the study itself; with a
+    --latency-target `board`, the latency's is the presets' on the board."""
     key = StudyKey.HYPERVOLUME_SCALES
     if key not in study.user_attrs:
-        study.set_user_attr(key, runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings))
+        scales = runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings)
+        if board is not None and "latency_ms" in scales:
+            scales["latency_ms"] = board.latency_scale(space, cfg.settings)
+        study.set_user_attr(key, scales)
     return study.user_attrs[key]
 
 
@@ -276,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(build_parser().parse_args(argv))
     try:
         return search(cfg, argv)
-    except (st.RunFolderError, runner.ClusterError) as exc:
+    except (st.RunFolderError, runner.ClusterError, TargetError) as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:  # search() has written what finished and said how to resume
         return EXIT_INTERRUPTED

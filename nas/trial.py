@@ -25,6 +25,7 @@ from trainers.train import TrainConfig, TrainingDiverged, fit
 
 from .cli import UsageError
 from .records import Status
+from .target import LatencyTarget
 
 
 # cost key -> the Constraints field (and --max-* flag) that limits it
@@ -79,6 +80,7 @@ class TrialSettings:
     deploy_size: tuple[int, int] | None = None
     constraints: Constraints = field(default_factory=Constraints)
     faults: FaultPlan = field(default_factory=FaultPlan)
+    latency_target: LatencyTarget | None = None  # --latency-target: the board every latency is measured on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +92,8 @@ class TrialSettings:
         d["faults"] = FaultPlan(**{k: tuple(v) for k, v in d["faults"].items()})
         if d.get("deploy_size") is not None:
             d["deploy_size"] = tuple(d["deploy_size"])
+        if d.get("latency_target") is not None:
+            d["latency_target"] = LatencyTarget.from_dict(d["latency_target"])
         return cls(**d)
 
     def target(self) -> Device:
@@ -122,7 +126,7 @@ def _inject(faults: FaultPlan, number: int, attempt: int) -> None:
 
 def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int = -1, attempt: int = 1,
                    report: Callable[[dict], None] = lambda r: None, reconstruction=None,
-                   retry_of: int | None = None, reference: bool = False) -> dict:
+                   retry_of: int | None = None, reference: bool = False, board: Callable | None = None) -> dict:
     """Run one trial to its end and return its final result; every report carries the costs.
 
     `reconstruction` is DUpsampling's (basis, mean) when the driver fitted it (once per search);
@@ -134,10 +138,13 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
     `deferred`: the driver runs the trial again later, beside other neighbours, not at once beside
     the same ones. A sticky CUDA error is `fatal`: this worker's CUDA context is unusable, so the
     worker must end and the trial run again in a fresh one.
+
+    `board` (nas.target_ledger.TargetClient, with --latency-target) gives the net's latency on the
+    board: it waits while the board is gone or busy, and its figure decides the constraints.
     """
     try:
         result = _attempt(spec, data, settings, number if retry_of is None else retry_of, attempt, report, reconstruction,
-                          reference)
+                          reference, board)
     finally:
         release(settings.device)  # a reused worker starts its next trial with the cache empty
     result.update(number=number, finished_at=time.time())
@@ -147,7 +154,7 @@ def evaluate_trial(spec: ArchSpec, data: SegData, settings: TrialSettings, numbe
 
 
 def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int, attempt: int,
-             report: Callable[[dict], None], reconstruction, reference: bool = False) -> dict:
+             report: Callable[[dict], None], reconstruction, reference: bool = False, board: Callable | None = None) -> dict:
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     base: dict = {"number": number, "device": settings.device, "attempts": attempt, "started_at": time.time()}
@@ -160,6 +167,8 @@ def _attempt(spec: ArchSpec, data: SegData, settings: TrialSettings, number: int
         _inject(settings.faults, number, attempt)
         costs = measure_costs(settings.deployed(spec), device, runs=settings.latency_runs,
                               threads=settings.threads, backend=settings.latency_backend).to_dict()
+        if board is not None:  # the board's latency counts; the search host's stays beside it
+            costs.update(board(settings.deployed(spec)).costs(costs))
         base.update(costs, device=settings.device)  # the device as the settings name it ("cuda", not "cuda:0")
         violated = settings.constraints.violations(costs)
         if violated and not reference:

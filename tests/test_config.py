@@ -55,5 +55,5 @@ def test_replace_changes_the_part_that_holds_each_field():
 def test_the_record_keeps_every_field_under_its_old_key():
     record = default_config("--deploy-size", "64x128").to_dict()
     assert list(record)[:5] == ["study", "out", "budget", "objectives", "settings"]
-    assert list(record)[-3:] == ["noise", "val_max", "deploy_size"]
-    assert len(record) == 30 and record["deploy_size"] == "64x128" and record["val_max"] == 12
+    assert list(record)[-6:] == ["val_seeds", "noise", "val_max", "protocol", "deploy_size", "protocol_agreement"]
+    assert len(record) == 32 and record["deploy_size"] == "64x128" and record["val_max"] == 12

@@ -95,6 +95,19 @@ LISTED = {
     "python -m nas.search --address HEAD:6379 --budget 500 [--storage postgresql://USER:PASSWORD@HOST:5432/DB]": CLUSTER,
     "python -m nas.search --budget 200 --address HEAD:6379 --gpus-per-trial 0.5 --deploy-size 1024x2048": CLUSTER + "; GPUs",
 }
+BOARD = ("on the target board, another machine; tests/test_target_board.py installs the board package the same way "
+         "(the host's Ray and ONNX Runtime) in a fresh environment, tests/test_target_cluster.py joins a board node so")
+LISTED.update({
+    "ray start --head --port 6379": CLUSTER,
+    "python3 -m venv ~/lightseg-board": BOARD,
+    "~/lightseg-board/bin/pip install ./board ray==2.60.0": BOARD,
+    '~/lightseg-board/bin/ray start --address HOST:6379 --num-cpus 0 --resources {"target:pi5": 1}': BOARD,
+    "python -m nas.search --address HOST:6379 --latency-target pi5 --target-threads 4 --max-latency-ms 40 --budget 100":
+        CLUSTER + " and a board; tests/test_target_cluster.py runs a search with --latency-target on a head and a "
+                  "board node of one machine",
+})
+LISTED["python -m nas.search --budget 100 --protocol faithful --study faithful"] = (
+    "validates at 128x256: hours on a CPU; tests/test_protocols.py checks the sizes and the record it sets")
 BENCHMARK = "a benchmark: minutes to hours of measurement, its table in docs/benchmarks.md (CI runs none)"
 
 
