@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 
 import optuna
 import pandas as pd
@@ -19,9 +18,10 @@ from .cli import UsageError, parse_net_size, run
 from .baseline import load_baseline, within_baseline
 from .config import Resources, RunOptions, SearchConfig, TrialMeaning
 from .interrupt import EXIT_INTERRUPTED, StopRequest, resume_command
+from .progress import Progress
 from .protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, protocol_label
-from .pareto import front_trials, hypervolume, losses, parse_objectives
-from .records import Status, StudyKey
+from .pareto import parse_objectives
+from .records import StudyKey
 from .report import validation_summary, write_results, written_outputs
 from .run_folder import publish_run_folder
 from .target import TargetError, add_target_flags, target_from_args
@@ -149,33 +149,6 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return cfg.replace(settings=dataclasses.replace(settings, latency_backend=backend))
-
-
-class Progress:
-    """A live status line: done / running / failed / stopped / infeasible, front, HV, elapsed, ETA."""
-
-    def __init__(self, cfg: SearchConfig, study: optuna.Study, scales: dict[str, float]):
-        self.cfg, self.study, self.scales = cfg, study, scales
-        self.start = time.time()
-        self.done_at_start = len(st.own_trials(study, cfg.budget_owner))
-        self.running = 0
-
-    def line(self) -> str:
-        counts = st.count_states(self.study, self.cfg.budget_owner)
-        done = sum(counts.values())
-        front = front_trials(self.study)
-        hv = hypervolume(losses(t.values, self.cfg.objectives, self.scales) for t in front)
-        elapsed = time.time() - self.start
-        new = done - self.done_at_start
-        eta = elapsed / new * (self.cfg.budget - done) if new else float("nan")
-        return (f"[{done}/{self.cfg.budget}] complete {counts[Status.COMPLETE]} | running {self.running} | "
-                f"failed {counts[Status.FAILED]} | stopped early {counts[Status.STOPPED]} | infeasible {counts[Status.INFEASIBLE]} | "
-                f"front {len(front)} | HV {hv:.4f} | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
-
-    def show(self) -> None:
-        if not self.cfg.options.quiet:
-            end = "\n" if not sys.stdout.isatty() else "\r"
-            print(self.line().ljust(120), end=end, flush=True)
 
 
 def search(cfg: SearchConfig, argv: list[str] | None = None) -> int:
