@@ -23,6 +23,7 @@ resumes where it stopped (`training_jobs` says in which order the trainings run)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ SEEDS = (1000, 1001)  # the default run's validation seeds: the 32x64 rung re-ma
 AXIS_BASE = 70  # the example's trial whose one-axis variants isolate each seed technique
 LOG = RESULTS / "scale_ladder.csv"
 COSTS = RESULTS / "scale_ladder_costs.csv"
+NETS = RESULTS / "scale_ladder_nets.csv"  # the nets with their specs, chosen from results/example at commit d3b3e7e
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,16 @@ def axis_variants(base: dict) -> list[LadderNet]:
 
 
 def ladder_nets() -> list[LadderNet]:
+    """The ladder's nets as first chosen (kept in NETS, so a regenerated example run changes none)."""
+    if not NETS.exists():
+        chosen = example_nets()
+        pd.DataFrame([{"net": n.name, "group": n.group, "axis": n.axis, "spec": json.dumps(n.spec)} for n in chosen]
+                     ).to_csv(NETS, index=False)
+    table = pd.read_csv(NETS, keep_default_na=False)
+    return [LadderNet(r.net, r.group, json.loads(r.spec), r.axis) for r in table.itertuples()]
+
+
+def example_nets() -> list[LadderNet]:
     """The example run's validated nets, then the axis variants of its trial `AXIS_BASE`."""
     trials = pd.read_csv(EXAMPLE / "trials.csv")
     front = set(pd.read_csv(EXAMPLE / "pareto.csv")["trial"])

@@ -59,9 +59,10 @@ class Effect:
     worst: str
     worst_median: float
     worst_n: int
+    device: str | None = None  # where the latency was measured (a --latency-target board), where named
 
     def sentence(self) -> str:
-        label, _ = METRICS[self.metric]
+        label = metric_label(self.metric, self.device)
         return (f"{label}: {self.axis} matters most (importance {self.importance:.2f} over {self.trials} trials); "
                 f"median {_num(self.best_median)} with {self.axis} = {self.best} (n={self.best_n}) vs "
                 f"{_num(self.worst_median)} with {self.worst} (n={self.worst_n}).")
@@ -108,8 +109,16 @@ def marginal(rows: pd.DataFrame, axis: str, metric: str) -> pd.DataFrame:
     return out.sort_values("median", ascending=not METRICS[metric][1], kind="stable")
 
 
-def effects(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, list[Effect]]:
-    """The importance table (axes x metrics) and one Effect per metric with enough trials."""
+def metric_label(metric: str, device: str | None = None) -> str:
+    """The metric as plots and tables name it; the latency naming the `device` it was measured on
+    (a --latency-target board), where one is given."""
+    label = METRICS[metric][0]
+    return f"{label} on {device}" if device and metric == "latency_ms" else label
+
+
+def effects(table: pd.DataFrame, metrics: Sequence[str], device: str | None = None) -> tuple[pd.DataFrame, list[Effect]]:
+    """The importance table (axes x metrics) and one Effect per metric with enough trials; `device`
+    names where the latency was measured (its column says so)."""
     columns, found = {}, []
     for metric in metrics:
         rows = metric_rows(table, metric)
@@ -119,14 +128,16 @@ def effects(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, 
             imp = importances(rows, metric)
         except RuntimeError:  # fANOVA finds no variance to decompose (e.g. every net predicts one class)
             continue
-        columns[f"{metric} ({len(rows)} trials)"] = imp
+        where = f" on {device}" if device and metric == "latency_ms" else ""
+        columns[f"{metric}{where} ({len(rows)} trials)"] = imp
         for axis in sorted(imp, key=imp.get, reverse=True):
             m = marginal(rows, axis, metric)
             m = m[m["n"] >= MIN_GROUP]
             if len(m) >= 2:
                 best, worst = m.iloc[0], m.iloc[-1]
                 found.append(Effect(metric, axis, float(imp[axis]), len(rows), str(m.index[0]), float(best["median"]),
-                                    int(best["n"]), str(m.index[-1]), float(worst["median"]), int(worst["n"])))
+                                    int(best["n"]), str(m.index[-1]), float(worst["median"]), int(worst["n"]),
+                                    device if metric == "latency_ms" else None))
                 break
     table_out = pd.DataFrame(columns).fillna(0.0)
     if len(table_out):
@@ -142,8 +153,9 @@ def run_metrics(objective_keys: Sequence[str], table: pd.DataFrame) -> list[str]
     return keys
 
 
-def plot_marginals(run_dir, table: pd.DataFrame, metrics: Sequence[str]) -> list:
-    """marginals_<metric>.png: the distribution of the metric for each choice of each axis."""
+def plot_marginals(run_dir, table: pd.DataFrame, metrics: Sequence[str], device: str | None = None) -> list:
+    """marginals_<metric>.png: the distribution of the metric for each choice of each axis (the latency's
+    title naming the `device` it was measured on, where one is given)."""
     from .plots import _pyplot, _save
 
     plt = _pyplot()
@@ -167,7 +179,7 @@ def plot_marginals(run_dir, table: pd.DataFrame, metrics: Sequence[str]) -> list
                 ax.set_yscale("log")
         for ax in np.ravel(grid)[len(axes):]:
             ax.axis("off")
-        fig.suptitle(f"{METRICS[metric][0]} by choice ({len(rows)} trials)")
+        fig.suptitle(f"{metric_label(metric, device)} by choice ({len(rows)} trials)")
         fig.tight_layout()
         paths.append(_save(fig, run_dir / f"marginals_{metric}.png"))
         plt.close(fig)

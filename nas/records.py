@@ -44,6 +44,13 @@ class TrialKey:
     NODE = "node"
     MIOU = "miou"  # the search-protocol mIoU; each cost is stored under its Objective.key
     GMACS = "gmacs"
+    # --latency-target: latency_ms is the board's; the search host's beside it, and which measurement it was
+    LATENCY_MS_HOST = "latency_ms_host"
+    LATENCY_IQR_MS_HOST = "latency_iqr_ms_host"
+    LATENCY_DEVICE = "latency_device"  # DEVICE_PREFIX and the board's name (also its Ray resource)
+    TARGET_GRAPH = "target_graph"  # the graph's key: its measurement is StudyKey.MEASUREMENT_PREFIX + this
+    TARGET_MEASUREMENT = "target_measurement"  # the measurement's id
+    DEVICE_PREFIX = "target:"  # a latency_device value (and the board's Ray resource): "target:" + its name
 
 
 class StudyKey:
@@ -51,6 +58,7 @@ class StudyKey:
     TRIAL_MEANING = "trial_meaning"  # what the resume check compares
     HYPERVOLUME_SCALES = "hypervolume_scales"  # the fixed hypervolume reference
     TARGET_BOARD = "target_board"  # --latency-target: the board's facts (CPU, cores, ONNX Runtime, providers)
+    MEASUREMENT_PREFIX = "target:"  # one graph's measurement on the board: "target:" + the graph's key
 
 
 STUDY_DB = "study.db"  # the run folder's own database, where no --storage names another
@@ -74,11 +82,11 @@ CARRIED = (TrialKey.PRESET, TrialKey.RETRY_OF, TrialKey.PRIOR_ATTEMPTS)
 RECORDED = ("miou", "gmacs", "latency_ms", "latency_iqr_ms", "peak_mem_mb", "params", "params_deployed",
             "epoch", "train_seconds", "trial_seconds", "device", "reason", "attempts", "peak_train_mem_mb",
             "precision", "skipped_steps", "started_at", "finished_at", TrialKey.NODE,
-            # --latency-target: latency_ms is the board's; the search host's, and which measurement it was
-            "latency_ms_host", "latency_iqr_ms_host", "latency_device", "target_graph", "target_measurement")
+            TrialKey.LATENCY_MS_HOST, TrialKey.LATENCY_IQR_MS_HOST, TrialKey.LATENCY_DEVICE, TrialKey.TARGET_GRAPH,
+            TrialKey.TARGET_MEASUREMENT)
 
 # The columns trials.csv adds after the latency where a run measured on a --latency-target board.
-TARGET_COLUMNS = ("latency_device", "latency_ms_host", "latency_iqr_ms_host")
+TARGET_COLUMNS = (TrialKey.LATENCY_DEVICE, TrialKey.LATENCY_MS_HOST, TrialKey.LATENCY_IQR_MS_HOST)
 
 
 # The trial attributes trials.csv shows, in its column order.
@@ -103,11 +111,11 @@ def isolated_key(number: int) -> str:
 
 def target_key(graph: str) -> str:
     """The study attribute of one graph's measurement on the --latency-target board (by its content key)."""
-    return f"target:{graph}"
+    return f"{StudyKey.MEASUREMENT_PREFIX}{graph}"
 
 
 def is_target_key(key: str) -> bool:
-    return key.startswith("target:")
+    return key.startswith(StudyKey.MEASUREMENT_PREFIX)
 
 
 WORKER_DIED = "worker process died, or its CUDA context failed, twice (retried once)"

@@ -82,10 +82,11 @@ def write_results(run_dir: Path, study: optuna.Study, objectives: Sequence[Objec
                         validation.protocol.label() if validation is not None else None)
     plots.append(plot_hypervolume(run_dir, history))
     metrics = insight.run_metrics([o.key for o in objectives], table)
-    importance, found = insight.effects(table, metrics)
+    device = (latency_source(config) or "").split(" (")[0] or None  # "target NAME" with --latency-target
+    importance, found = insight.effects(table, metrics, device)
     if len(importance):
         atomic_write(run_dir / "importance.csv", importance.to_csv(index_label="axis"))
-    plots += insight.plot_marginals(run_dir, table, metrics)
+    plots += insight.plot_marginals(run_dir, table, metrics, device)
     costs = [o.key for o in objectives if o.direction == "minimize"]
     dominance = preset_dominance(table, validation.margin, costs) if validation is not None and len(table) else None
     if dominance is not None and len(dominance):

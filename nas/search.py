@@ -24,7 +24,7 @@ from .pareto import parse_objectives
 from .records import StudyKey
 from .report import validation_summary, write_results, written_outputs
 from .run_folder import publish_run_folder
-from .target import TargetError, add_target_flags, target_from_args
+from .target import TargetError, add_target_flags, refuse_dropped_target, target_from_args
 from .target_ledger import open_board
 from .trial import Constraints, TrialSettings
 from .validated_stage import ValidatedStage
@@ -181,6 +181,7 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
             where = cfg.run_dir if cfg.resources.storage is None else "--storage"
             print(f"--resume: no study {cfg.study!r} in {where} to resume; starting it")
         st.check_resumable(study, cfg, data)
+        refuse_dropped_target(study, cfg.settings.latency_target)  # a study measured on a board needs it
         st.name_metrics(study, cfg.objectives)
         requeued = (st.recover_stale_trials(study, cfg.owner, private=cfg.resources.storage is None)
                     + st.requeue_deferred(study, cfg.budget_owner))
@@ -193,7 +194,12 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
         if remaining or runner.uses_workers(cfg) or cfg.settings.latency_target:  # Ray refuses resources it
             runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)  # lacks before any result is written
         board = open_board(cfg.settings, study)  # None without --latency-target
-        scales = _scales(cfg, study, space, board)
+        try:
+            scales = _scales(cfg, study, space, board)  # the presets timed on the board: Ctrl-C closes it too
+        except BaseException:
+            if board is not None:
+                board.close()
+            raise
         config = {**cfg.to_dict(), **({StudyKey.TARGET_BOARD: board.facts} if board is not None else {})}
         progress = Progress(cfg, study, scales)
         print(f"study {cfg.study}: {len(st.own_trials(study, cfg.budget_owner))} trials done, {remaining} to run "
@@ -222,11 +228,13 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
                 stage.run(data, data_ref)
         finally:
             # results are regenerated from the study even after Ctrl-C, so they never go stale
-            if board is not None:  # the board's last measurements into the study first
-                board.close()
-            if stage is not None:
-                validation = stage.summarise()
-            front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.options.pick, validation)
+            try:
+                if board is not None:  # the board's last measurements into the study first
+                    board.close()
+            finally:
+                if stage is not None:
+                    validation = stage.summarise()
+                front = write_results(run_dir, study, cfg.objectives, scales, config, cfg.options.pick, validation)
         if validation is not None:
             print("\n".join(validation_summary(validation)))
         print(f"protocol: {cfg.options.protocol}; {config['protocol_agreement']}")

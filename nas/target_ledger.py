@@ -8,15 +8,17 @@ the board's task the first time a key is asked for and hands everyone who asks t
 finished or not: two trials of one net racing still cost one measurement.
 
 The board's task asks for no CPU (no training is ever placed beside it) and for the resource
-`target:NAME`, of which the board has 1 (one measurement at a time). Ray retries it for ever after
-a lost board, so a trial whose board is gone or busy waits until it is back: never a latency of 0,
-never a failure for it. The driver copies finished measurements into the study (`target:<key>`),
+`target:NAME`, of which the board has 1 (one measurement at a time). The ledger (nas.target_actor)
+launches it again after a lost board, so a trial whose board is gone or busy waits until it is back:
+never a latency of 0, never a failure for it; a graph that crashes the board fails that trial with
+one line instead of holding the board for ever. The driver copies finished measurements into the study (`target:<key>`),
 where a resumed search's ledger starts from.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -25,8 +27,9 @@ import optuna
 import lightseg_board
 from search_spaces import ArchSpec
 
-from .records import is_target_key, target_key
-from .target import (PREFIX, LatencyTarget, board_joined, check_board, describe_board, find_board,
+from .records import TrialKey, is_target_key, target_key
+from .target_actor import Ledger, one_line
+from .target import (IDENTITY, LatencyTarget, board_joined, check_board, describe_board, find_board,
                      refuse_dropped_target)
 
 FLUSH_S = 5.0  # how often the driver copies finished measurements into the study
@@ -76,57 +79,13 @@ class TargetLatency:
     def costs(self, host: dict) -> dict:
         """A trial's latency fields: the board's figures, with the search host's (`host`, its costs) beside them."""
         return {"latency_ms": self.record["median_ms"], "latency_iqr_ms": self.record["iqr_ms"],
-                "latency_ms_host": host["latency_ms"], "latency_iqr_ms_host": host["latency_iqr_ms"],
+                TrialKey.LATENCY_MS_HOST: host["latency_ms"], TrialKey.LATENCY_IQR_MS_HOST: host["latency_iqr_ms"],
                 **self.source()}
 
     def source(self) -> dict:
         """Which device and which measurement a latency comes from."""
-        return {"latency_device": f"{PREFIX}{self.target}", "target_graph": self.graph,
-                "target_measurement": self.record["id"]}
-
-
-class _Ledger:
-    """The actor: the finished measurements by key, and the board's tasks still running."""
-
-    def __init__(self, resource: str, known: dict[str, dict]):
-        import ray
-
-        self.task = ray.remote(lightseg_board.measure_on_node).options(num_cpus=0, resources={resource: 1},
-                                                                      max_retries=-1)
-        self.done = dict(known)
-        self.pending: dict[str, object] = {}
-
-    def _settle(self) -> None:
-        import ray
-
-        refs = {ref: key for key, ref in self.pending.items()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0) if refs else ([], [])
-        for ref in ready:
-            try:
-                self.done[refs[ref]] = ray.get(ref).to_dict()
-            except ray.exceptions.RayError:
-                continue  # a graph the board refused: whoever asks again gets the same error
-            del self.pending[refs[ref]]
-
-    def ask(self, key: str) -> dict:
-        """{"record": ...} when measured, {"ref": [reference]} while measuring, {} when never asked for."""
-        self._settle()
-        if key in self.done:
-            return {"record": self.done[key]}
-        return {"ref": [self.pending[key]]} if key in self.pending else {}
-
-    def submit(self, key: str, graph: bytes, request: lightseg_board.Request) -> dict:
-        """`ask`, launching the measurement when nobody has yet (the actor runs one call at a time)."""
-        found = self.ask(key)
-        if not found:
-            self.pending[key] = self.task.remote(graph, request)
-            found = {"ref": [self.pending[key]]}
-        return found
-
-    def finished(self, stored: list[str]) -> dict[str, dict]:
-        """The finished measurements whose keys are not in `stored`."""
-        self._settle()
-        return {k: v for k, v in self.done.items() if k not in set(stored)}
+        return {TrialKey.LATENCY_DEVICE: f"{TrialKey.DEVICE_PREFIX}{self.target}", TrialKey.TARGET_GRAPH: self.graph,
+                TrialKey.TARGET_MEASUREMENT: self.record["id"]}
 
 
 @dataclass(frozen=True)
@@ -150,15 +109,25 @@ class TargetClient:
         request = self.target.request(self.runs)
         key = graph_key(graph, request)
         ledger = ray.get_actor(self.ledger)
-        found = ray.get(ledger.ask.remote(key)) or ray.get(ledger.submit.remote(key, graph, request))
-        if "record" in found:
-            return TargetLatency(self.target.name, key, found["record"])
-        try:
-            return TargetLatency(self.target.name, key, ray.get(found["ref"][0]).to_dict())
-        except ray.exceptions.RayTaskError as exc:  # the board refused or failed this graph: one line
-            cause = getattr(exc, "cause", None) or exc
-            raise RuntimeError(f"target {self.target.name}: {type(cause).__name__}: "
-                               f"{str(cause).strip().splitlines()[-1]}") from None
+        found, seen = ray.get(ledger.ask.remote(key)), None
+        while True:  # until measured, or failed for the graph (a lost board is launched again: nas.target_actor)
+            if not found:
+                found = ray.get(ledger.submit.remote(key, graph, request, seen))
+            if "record" in found:
+                return TargetLatency(self.target.name, key, found["record"])
+            if "error" in found:
+                raise RuntimeError(f"target {self.target.name}: {found['error']}")
+            if "wait" in found:
+                time.sleep(1.0)
+            else:
+                ref = found["ref"][0]
+                try:
+                    return TargetLatency(self.target.name, key, ray.get(ref).to_dict())
+                except ray.exceptions.RayTaskError as exc:  # the board refused or failed this graph: one line
+                    raise RuntimeError(f"target {self.target.name}: {one_line(exc)}") from None
+                except ray.exceptions.RayError:  # its worker or node died: the ledger says what now
+                    seen = ref.hex()
+            found = ray.get(ledger.ask.remote(key, seen))
 
 
 class TargetSession:
@@ -176,8 +145,9 @@ class TargetSession:
         self.stored = set(known)
         name = f"lightseg-target-{uuid.uuid4().hex[:12]}"
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.actor = ray.remote(num_cpus=0, max_restarts=0)(_Ledger).options(
-            name=name, scheduling_strategy=here).remote(target.resource, known)
+        self.actor = ray.remote(num_cpus=0, max_restarts=0)(Ledger).options(
+            name=name, scheduling_strategy=here).remote(target.resource, known,
+                                                        {k: self.facts[k] for k in IDENTITY if k in self.facts})
         self.client = TargetClient(name, target, runs)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_up, name="target-ledger", daemon=True)
@@ -199,10 +169,15 @@ class TargetSession:
         (the trials stand still meanwhile, and the user should know why)."""
         import ray
 
-        joined = True
+        joined, paused = True, ""
         while not self._stop.wait(FLUSH_S):
             try:
                 self.flush()
+                now = ray.get(self.actor.paused.remote())
+                if now != paused:
+                    paused = now
+                    print(f"\ntarget {self.target.name}: " + (f"{now}; measuring stands still (trials wait) until "
+                          "the study's board joins instead" if now else "measuring again"), flush=True)
                 if board_joined(self.target) != joined:
                     joined = not joined
                     join = self.target.join_command(ray.get_runtime_context().gcs_address)
@@ -244,7 +219,8 @@ class TargetSession:
 
 def open_board(settings, study: optuna.Study) -> TargetSession | None:
     """The session of the settings' --latency-target (None without one: then a study measured on a
-    board is refused, since its latencies would be the search host's from here on)."""
+    board is refused, since its latencies would be the search host's from here on; nas.search asks
+    that already before Ray starts)."""
     target = settings.latency_target
     if target is not None:
         session = TargetSession(target, settings.latency_runs, study)

@@ -6,6 +6,8 @@ fixture says why and the tests that need this environment skip.
 """
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,13 +17,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "measuring-on-your-device.md"
+ENV = "~/lightseg-board"  # the board's environment, as the docs name it
 
 
-def board_install_command(python: Path, board: Path) -> list[str]:
-    """What docs/measuring-on-your-device.md has a board run (`board` a copy of board/), with this host's
-    versions pinned."""
-    return [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(board),
-            f"ray=={version('ray')}", f"onnxruntime=={version('onnxruntime')}"]
+def doc_command(start: str) -> str:
+    """The line of docs/measuring-on-your-device.md that starts with `start`, as the docs print it."""
+    found = [line.strip() for line in DOC.read_text().splitlines() if line.strip().startswith(start)]
+    assert len(found) == 1, f"{DOC.name}: {len(found)} lines start with {start!r}"
+    return found[0]
+
+
+def board_install_command(venv: Path) -> str:
+    """The docs' install command (run from the folder holding a copy of board/), the board's
+    environment at `venv` and this host's Ray and ONNX Runtime where the docs name the versions."""
+    line = doc_command(f"{ENV}/bin/pip install ./board")
+    for package in ("ray", "onnxruntime"):
+        assert f'"{package}==' in line, f"{DOC.name}: the install command no longer pins {package}"
+        line = re.sub(rf'"{package}==[^"]+"', f'"{package}=={version(package)}"', line)
+    return line.replace(ENV, shlex.quote(str(venv)), 1)
+
+
+def board_join_command(board_bin: Path, address: str, name: str) -> list[str]:
+    """The docs' join command, run from `board_bin` to the head at `address` as the target `name`."""
+    line = doc_command(f"{ENV}/bin/ray start --address HOST:6379")
+    line = line.replace(f"{ENV}/bin", str(board_bin), 1).replace("HOST:6379", address).replace("pi5", name)
+    return shlex.split(line)
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +53,8 @@ def board_env(tmp_path_factory) -> Path:
     # a copy, as a board has: pip builds in the folder it installs from, and the checkout stays clean
     shutil.copytree(ROOT / "board", board, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    done = subprocess.run(board_install_command(python, board), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(board_install_command(venv), shell=True, cwd=where,
+                          capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.skip(f"cannot install the board package here (pip: {done.stderr.strip().splitlines()[-1:]})")
     return venv / "bin"

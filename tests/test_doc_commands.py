@@ -100,8 +100,8 @@ BOARD = ("on the target board, another machine; tests/test_target_board.py insta
 LISTED.update({
     "ray start --head --port 6379": CLUSTER,
     "python3 -m venv ~/lightseg-board": BOARD,
-    "~/lightseg-board/bin/pip install ./board ray==2.60.0": BOARD,
-    '~/lightseg-board/bin/ray start --address HOST:6379 --num-cpus 0 --resources {"target:pi5": 1}': BOARD,
+    "~/lightseg-board/bin/pip install ./board ray==2.60.0 onnxruntime==1.32.0": BOARD,
+    '~/lightseg-board/bin/ray start --address HOST:6379 --num-cpus 0 --num-gpus 0 --resources {"target:pi5": 1}': BOARD,
     "python -m nas.search --address HOST:6379 --latency-target pi5 --target-threads 4 --max-latency-ms 40 --budget 100":
         CLUSTER + " and a board; tests/test_target_cluster.py runs a search with --latency-target on a head and a "
                   "board node of one machine",

@@ -6,6 +6,7 @@ searches on a Ray cluster with a board node are tests/test_target_cluster.py (sl
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,17 @@ from nas.pareto import OBJECTIVES
 from nas.records import StudyKey, TrialKey, target_key
 from nas.search import build_parser, config_from_args
 from nas.search import main as search_main
+from nas import target_ledger as tg_ledger
+from nas.study import open_study
+from nas.target_actor import Ledger as _Ledger
 from nas.target_ledger import TargetLatency, export_graph, graph_key
 from nas.trial import Constraints, TrialSettings, evaluate_trial
 from search_spaces.space import CORES, DECODERS, DOWNSAMPLERS
 from trainers.data import load_data
 
+from board_venv import doc_command
 from helpers import refused, tiny_spec
-from ray_cluster import ray_env
+from ray_cluster import Node, free_port, ray_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,13 +68,45 @@ def test_the_board_knows_its_facts():
     assert set(tg.IDENTITY) <= set(facts)
 
 
+def test_the_boards_cores_are_those_its_process_may_use(monkeypatch, tmp_path):
+    from lightseg_board.measure import cores
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})  # taskset to 4 of the machine's cores
+    quota = tmp_path / "cpu.max"
+    assert cores(str(tmp_path / "none")) == 4
+    quota.write_text("max 100000\n")
+    assert cores(str(quota)) == 4
+    quota.write_text("150000 100000\n")  # a container's --cpus 1.5: 2 cores busy at most
+    assert cores(str(quota)) == 2
+    quota.write_text("50000 100000\n")
+    assert cores(str(quota)) == 1
+
+
 def _edited(graph: bytes, edit) -> bytes:
     model = onnx.load_from_string(graph)
     edit(model)
     return model.SerializeToString()
 
 
+def _sparse_constant(model, many: bool = False) -> None:
+    """A Constant whose sparse value's elements lie in a file on the board."""
+    values = onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.0])
+    values.data_location = onnx.TensorProto.EXTERNAL
+    values.ClearField("float_data")
+    values.external_data.add(key="location", value="/etc/passwd")
+    sparse = onnx.helper.make_sparse_tensor(values, onnx.helper.make_tensor("i", onnx.TensorProto.INT64, [1], [0]), [4])
+    node = onnx.helper.make_node("Constant", [], ["c"])
+    if many:
+        node.attribute.append(onnx.AttributeProto(name="sparse_values", type=onnx.AttributeProto.SPARSE_TENSORS,
+                                                  sparse_tensors=[sparse]))
+    else:
+        node.attribute.append(onnx.helper.make_attribute("sparse_value", sparse))
+    model.graph.node.insert(0, node)
+
+
 @pytest.mark.parametrize("edit,why", [
+    (_sparse_constant, "operator Constant carries a sparse tensor"),
+    (lambda m: _sparse_constant(m, many=True), "operator Constant carries a sparse tensor"),
     (lambda m: setattr(m.graph.node[0], "domain", "com.microsoft"), "operator com.microsoft."),
     (lambda m: setattr(m.graph.node[0], "op_type", "Loop"), "operator Loop: not one the search's networks export to"),
     (lambda m: m.opset_import.add(domain="ai.custom", version=1), "operator set domain 'ai.custom'"),
@@ -116,26 +153,100 @@ def test_the_key_is_the_nets_structure_and_how_it_is_timed(graph):
     assert graph_key(graph, Request(runs=30, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))) != key
 
 
-def test_two_asking_for_one_graph_at_once_share_one_measurement(tmp_path):
+@pytest.fixture(scope="module")
+def local_board():
+    """A Ray of this process that is a board too: no CPUs, no GPUs, one unit of target:tb."""
     import ray
 
-    from nas.target_ledger import _Ledger
-
     ray_tmp = tempfile.mkdtemp(prefix="lst-")  # short socket paths
-    ray.init(num_cpus=1, resources={"target:tb": 1}, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=0, num_gpus=0, resources={"target:tb": 1}, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR", _temp_dir=ray_tmp)
     try:
-        ledger = _Ledger("target:tb", {"old": {"id": "stored"}})  # its methods, called as the actor calls them: in turn
-        assert ledger.ask("old") == {"record": {"id": "stored"}} and ledger.ask("k") == {}
-        graph, request = export_graph(tiny_spec()), Request(runs=3, warmup_s=1.0)  # a second's warm-up: still running
-        first, second = ledger.submit("k", graph, request), ledger.submit("k", graph, request)
-        assert first["ref"][0] == second["ref"][0]  # the second asker waits for the first one's measurement
-        measured = ray.get(first["ref"][0]).to_dict()
-        assert measured["node"] == ray.get_runtime_context().get_node_id()
-        assert ledger.ask("k") == {"record": measured} and ledger.finished(["old"]) == {"k": measured}
+        yield ray
     finally:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_two_asking_for_one_graph_at_once_share_one_measurement(local_board):
+    ray = local_board
+    ledger = _Ledger("target:tb", {"old": {"id": "stored"}})  # its methods, called as the actor calls them: in turn
+    assert ledger.ask("old") == {"record": {"id": "stored"}} and ledger.ask("k") == {}
+    graph, request = export_graph(tiny_spec()), Request(runs=3, warmup_s=1.0)  # a second's warm-up: still running
+    first, second = ledger.submit("k", graph, request), ledger.submit("k", graph, request)
+    assert first["ref"][0] == second["ref"][0]  # the second asker waits for the first one's measurement
+    measured = ray.get(first["ref"][0]).to_dict()
+    assert measured["node"] == ray.get_runtime_context().get_node_id()
+    assert ledger.ask("k") == {"record": measured} and ledger.finished(["old"]) == {"k": measured}
+
+
+def _settled(ledger, key, seen, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = ledger.ask(key, seen)
+        if "wait" not in found and "ref" not in found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{key}: still {found}")
+
+
+def test_a_graph_that_crashes_the_board_fails_in_one_line_and_frees_it(local_board, monkeypatch):
+    ray = local_board
+    monkeypatch.setattr("nas.target_actor.GRACE_S", 0.5)  # no board node dies here: the crash is the graph's
+    def crash(graph, request, expect=None):  # defined here: sent by value, as the tests are no package
+        import os
+
+        os._exit(9)  # as ONNX Runtime crashing, or the board's kernel killing the worker for memory
+
+    ledger = _Ledger("target:tb", {})
+    measuring = ledger.task
+    ledger.task = ray.remote(crash).options(num_cpus=0, resources={"target:tb": 1}, max_retries=0)
+    graph, request = export_graph(tiny_spec()), Request(runs=3, warmup_s=0.0)
+    ref = ledger.submit("k", graph, request)["ref"][0]
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(ref)
+    found = _settled(ledger, "k", ref.hex())
+    assert found["error"].startswith("the board's worker died measuring this graph (ONNX Runtime crashed")
+    assert len(found["error"].splitlines()) == 1 and "k" not in ledger.pending
+    # the board is free: the same graph asked for again (a fixed board) is measured
+    ledger.task = measuring
+    again = ledger.submit("k", graph, request)
+    assert ray.get(again["ref"][0]).median_ms > 0 and "record" in ledger.ask("k")
+    # a graph ONNX Runtime refuses fails at once, and is dropped so it may be asked for again
+    ledger.submit("bad", b"not a graph", request)
+    bad = _settled(ledger, "bad", None)
+    assert bad == {} and "bad" in ledger.failed and "not an ONNX" in ledger.failed["bad"][1]
+
+
+def test_another_board_in_the_studys_place_stops_measuring(local_board):
+    ledger = _Ledger("target:tb", {}, expect={"cpu": "Raspberry Pi 5 Model B Rev 1.0"})
+    graph, request = export_graph(tiny_spec()), Request(runs=3, warmup_s=0.0)
+    ref = ledger.submit("k", graph, request)["ref"][0]
+    local_board.wait([ref])
+    assert ledger.ask("k") == {"wait": True} and "k" not in ledger.done  # never timed on the wrong board
+    assert ledger.paused().startswith("another board joined as the target (cpu: Raspberry Pi 5 Model B Rev 1.0 "
+                                      "expected, ")
+
+
+def test_the_board_is_found_once_it_runs_the_providers_asked_for(local_board):
+    facts = tg.find_board(tg.LatencyTarget("tb", timeout_s=5))
+    assert facts["node"] == local_board.get_runtime_context().get_node_id()
+    assert facts["lightseg_board"] == lightseg_board.facts()["lightseg_board"]
+    with pytest.raises(tg.TargetError, match=r"^--target-providers CUDAExecutionProvider: the board tb .* has no "):
+        tg.find_board(tg.LatencyTarget("tb", providers=("CUDAExecutionProvider",), timeout_s=5))
+    def _no_package():  # defined here: sent by value, as the tests are no package
+        raise ModuleNotFoundError("No module named 'lightseg_board'")
+
+    def _no_provider():
+        raise RuntimeError("provider X: did not load (the session runs on CPUExecutionProvider)")
+
+    node = tg.board_nodes(tg.LatencyTarget("tb"))[0]
+    for fn, line in [(_no_package, "lacks lightseg_board; on the board, in the environment its ray runs from: "
+                                   "pip install ./board"),
+                     (_no_provider, "failed to run a graph: RuntimeError: provider X: did not load")]:
+        with pytest.raises(tg.TargetError) as refused_:
+            tg._on_board(tg.LatencyTarget("tb", timeout_s=5), node, "to run a graph", fn)
+        assert line in str(refused_.value) and len(str(refused_.value).splitlines()) == 1
 
 
 # --- a trial measured on the board ------------------------------------------------------------
@@ -170,8 +281,11 @@ def _args(*extra) -> list[str]:
     return ["--budget", "2", "--epochs", "1", "--size", "32x32", *extra]
 
 
+AT = ("--address", "127.0.0.1:1")  # --latency-target needs a cluster's address (refused before Ray is reached)
+
+
 def test_the_target_travels_with_the_settings_and_is_part_of_the_trials_meaning():
-    cfg = config_from_args(build_parser().parse_args(_args("--latency-target", "pi5", "--target-threads", "4",
+    cfg = config_from_args(build_parser().parse_args(_args(*AT, "--latency-target", "pi5", "--target-threads", "4",
                                                            "--target-providers", "XnnpackExecutionProvider,CPUExecutionProvider")))
     target = cfg.settings.latency_target
     assert target == tg.LatencyTarget("pi5", 4, ("XnnpackExecutionProvider", "CPUExecutionProvider"))
@@ -187,12 +301,13 @@ def test_the_target_travels_with_the_settings_and_is_part_of_the_trials_meaning(
 
 
 @pytest.mark.parametrize("flags,line", [
-    (["--latency-target", "my board"], "--latency-target 'my board': a name of letters, digits"),
-    (["--latency-target", "pi", "--target-threads", "0"], "--target-threads 0: must be at least 1"),
-    (["--latency-target", "pi", "--target-providers", ","], "--target-providers '': a comma list of ONNX Runtime"),
-    (["--latency-target", "pi", "--target-timeout", "0"], "--target-timeout 0: must be a positive number"),
+    ([*AT, "--latency-target", "my board"], "--latency-target 'my board': a name of letters, digits"),
+    ([*AT, "--latency-target", "pi", "--target-threads", "0"], "--target-threads 0: must be at least 1"),
+    ([*AT, "--latency-target", "pi", "--target-providers", ","], "--target-providers '': a comma list of ONNX Runtime"),
+    ([*AT, "--latency-target", "pi", "--target-timeout", "0"], "--target-timeout 0: must be a positive number"),
     (["--target-threads", "2"], "--target-threads: needs --latency-target NAME"),
-    (["--latency-target", "pi", "--baseline", "x.yaml", "--within-baseline"], "--within-baseline with --latency-target"),
+    ([*AT, "--latency-target", "pi", "--baseline", "x.yaml", "--within-baseline"], "--within-baseline with --latency-target"),
+    (["--latency-target", "pi"], "--latency-target: needs --address HEAD:PORT of the cluster the board joined"),
 ])
 def test_a_bad_target_flag_is_one_line(tmp_path, capsys, flags, line):
     err = refused(search_main, _args("--out", str(tmp_path), *flags), capsys)
@@ -200,7 +315,7 @@ def test_a_bad_target_flag_is_one_line(tmp_path, capsys, flags, line):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_resume_on_another_board_or_without_the_board_is_refused():
+def test_a_resume_on_another_board_or_without_the_board_is_refused(monkeypatch):
     target = tg.LatencyTarget("pi5")
     study = optuna.create_study()
     tg.check_board(study, target, FACTS)
@@ -209,10 +324,44 @@ def test_a_resume_on_another_board_or_without_the_board_is_refused():
     with pytest.raises(tg.TargetError, match=r"measured on another board .*cpu: Raspberry Pi 5 Model B Rev 1.0 then, "
                                              r"Jetson Orin Nano now; cores: 4 then, 6 now"):
         tg.check_board(study, target, {**FACTS, "cpu": "Jetson Orin Nano", "cores": 6})
+    with pytest.raises(tg.TargetError, match=r"providers: \['CPUExecutionProvider'\] then, \['XnnpackExecutionProvider'"):
+        tg.check_board(study, target, {**FACTS, "providers": ["XnnpackExecutionProvider", "CPUExecutionProvider"]})
+    # through the search's own path: the board's facts are checked before the ledger starts
+    monkeypatch.setattr(tg_ledger, "find_board", lambda target: {**FACTS, "onnxruntime": "1.22.0"})
+    settings = TrialSettings(epochs=1, latency_target=target)
+    with pytest.raises(tg.TargetError, match=r"onnxruntime: 1.20.1 then, 1.22.0 now"):
+        tg_ledger.open_board(settings, study)
     study.set_user_attr(StudyKey.TRIAL_MEANING, {"latency target": "pi5: onnxruntime ..."})
     with pytest.raises(tg.TargetError, match=r"measured latency on a board \(--latency-target pi5\); resume with it"):
         tg.refuse_dropped_target(study)
     tg.refuse_dropped_target(optuna.create_study())  # a study without a board resumes as before
+    # a study whose meaning names a target refuses to go on without one, though no board was ever found
+    found_none = optuna.create_study()
+    found_none.set_user_attr(StudyKey.TRIAL_MEANING, {"latency target": "pi5: onnxruntime ..."})
+    with pytest.raises(tg.TargetError, match=r"--latency-target pi5"):
+        tg.refuse_dropped_target(found_none)
+
+
+def test_a_board_is_not_recorded_in_a_study_whose_trials_were_measured_without_it():
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr(TrialKey.STATUS, "complete")
+    study.tell(trial, 0.5)
+    with pytest.raises(tg.TargetError, match=r"has trials whose latency was measured without a board"):
+        tg.check_board(study, tg.LatencyTarget("pi5"), FACTS)
+    assert StudyKey.TARGET_BOARD not in study.user_attrs
+
+
+def test_a_resume_without_the_target_is_refused_by_the_search_in_one_line(tmp_path, capsys):
+    """The real command: a study whose meaning names a board, resumed without --latency-target."""
+    args = _args("--out", str(tmp_path), "--study", "s", "--no-presets", "--seed", "0")
+    cfg = config_from_args(build_parser().parse_args(args))
+    cfg.run_dir.mkdir(parents=True)
+    study = open_study(cfg)
+    study.set_user_attr(StudyKey.TRIAL_MEANING, {**cfg.trial_meaning(load_data(None, 32, 32, seed=0)),
+                                                 "latency target": "pi5: onnxruntime CPUExecutionProvider"})
+    err = refused(search_main, args + ["--resume"], capsys)
+    assert "measured latency on a board (--latency-target pi5); resume with it" in err, err
 
 
 def test_the_reports_say_where_each_latency_is_from():
@@ -237,26 +386,59 @@ def test_the_reports_say_where_each_latency_is_from():
     assert target_key("abc") == "target:abc"
 
 
+def test_the_importance_table_and_marginals_name_the_board(tmp_path):
+    from nas import insight
+    from test_insight import synthetic_table
+
+    table = synthetic_table(seed=1)
+    importance, found = insight.effects(table, ["miou", "latency_ms"], "target pi5")
+    assert [c.split(" (")[0] for c in importance.columns] == ["miou", "latency_ms on target pi5"]
+    said = {e.metric: e.sentence() for e in found}
+    assert said["latency_ms"].startswith("latency ms on target pi5: ") and said["miou"].startswith("mIoU (")
+    assert insight.metric_label("latency_ms", "target pi5") == "latency ms on target pi5"
+    assert insight.metric_label("gmacs", "target pi5") == "GMACs" and insight.metric_label("latency_ms") == "latency ms"
+
+
 def test_the_join_command_is_what_the_docs_print():
-    assert tg.LatencyTarget("pi5").join_command("10.0.0.2:6379") == (
-        "ray start --address 10.0.0.2:6379 --num-cpus 0 --resources '{\"target:pi5\": 1}'")
+    join = tg.LatencyTarget("pi5").join_command("HOST:6379")
+    assert join == "ray start --address HOST:6379 --num-cpus 0 --num-gpus 0 --resources '{\"target:pi5\": 1}'"
+    assert doc_command("~/lightseg-board/bin/ray start") == "~/lightseg-board/bin/" + join
 
 
-# --- a board that never joins ------------------------------------------------------------------
-def test_a_board_that_never_joins_is_one_line_within_the_timeout(tmp_path):
-    ray_tmp = tempfile.mkdtemp(prefix="lst-")  # a Ray of its own, short socket paths
-    env = ray_env(LIGHTSEG_CACHE=str(tmp_path / "cache"), LIGHTSEG_RAY_TMP=ray_tmp)
-    cmd = [sys.executable, "-m", "nas.search", "--budget", "1", "--epochs", "1", "--size", "32x32", "--no-presets",
-           "--out", str(tmp_path / "out"), "--latency-target", "ghost", "--target-timeout", "5"]
-    started = time.time()
-    try:
+# --- a board that never joins, a node that is no board ------------------------------------------
+def test_a_board_that_never_joins_or_offers_cpus_is_one_line(tmp_path):
+    """A head of its own (with 1 CPU and target:busy: a node a board must not be); the search on it
+    with --latency-target ghost waits 5 s and says what to run on the board, with busy refuses the node."""
+    tag = f"/tmp/lst-{os.getpid()}-g"  # short socket paths
+    port = free_port()
+    head = Node("head", ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+                         "--resources", json.dumps({"target:busy": 1}), "--include-dashboard=false",
+                         f"--temp-dir={tag}", "--block"], Path(tag), tmp_path / "head.log", isolated=False)
+    env = ray_env(LIGHTSEG_CACHE=str(tmp_path / "cache"))
+    address = f"127.0.0.1:{port}"
+
+    def search(name: str) -> tuple[subprocess.CompletedProcess, float]:
+        cmd = [sys.executable, "-m", "nas.search", "--budget", "1", "--epochs", "1", "--size", "32x32", "--no-presets",
+               "--out", str(tmp_path / name), "--address", address, "--latency-target", name, "--target-timeout", "5"]
+        started = time.time()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return done, time.time() - started
+
+    try:
+        (ghost, took), (busy, _) = search("ghost"), search("busy")
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    err = done.stderr.strip()
-    assert done.returncode == 2 and len(err.splitlines()) == 1, err[-3000:]
-    assert err.startswith("error: --latency-target ghost: no board joined the Ray cluster at ")
-    assert err.endswith("in 5 s; on the board run: ray start --address " + err.split(" at ")[1].split(" ")[0]
-                        + " --num-cpus 0 --resources '{\"target:ghost\": 1}'")
-    assert time.time() - started < 120  # Ray's start and the 5 s, not minutes
-    assert not (tmp_path / "out").exists()  # nothing left behind: the retry is no "existing run"
+        head.kill()
+        shutil.rmtree(tag, ignore_errors=True)
+    join = "ray start --address {} --num-cpus 0 --num-gpus 0 --resources '{{\"target:{}\": 1}}'"
+    err = ghost.stderr.strip()
+    assert ghost.returncode == 2 and len(err.splitlines()) == 1, err[-3000:]
+    address = err.split(" at ")[1].split(" ")[0]  # the head's, as its node names it
+    assert address.endswith(f":{port}") and err == (
+        f"error: --latency-target ghost: no board joined the Ray cluster at {address} in 5 s; "
+        f"on the board run: {join.format(address, 'ghost')}")
+    assert took < 120  # the driver's start and the 5 s, not minutes
+    err = busy.stderr.strip()
+    assert busy.returncode == 2 and len(err.splitlines()) == 1, err[-3000:]
+    assert err.startswith("error: --latency-target busy: the node at ") and err.endswith(
+        " offers target:busy: 1, CPU: 1, GPU: 0 (a board offers 1, 0 and 0: no training beside a measurement); "
+        "start it with: " + join.format(address, "busy")), err

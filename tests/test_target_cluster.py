@@ -9,7 +9,6 @@ nothing failed and no latency of 0. (A board that never joins: tests/test_target
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from nas.search import build_parser, config_from_args
 from nas.study import open_study, study_space
 from trainers.data import load_data
 
-from board_venv import board_env  # noqa: F401 (the fixture)
+from board_venv import board_env, board_join_command  # noqa: F401 (the fixture)
 from ray_cluster import BIN, Node, free_port, ray_env
 
 pytestmark = pytest.mark.slow
@@ -55,8 +54,7 @@ class BoardCluster:
 
     def start_board(self) -> Node:
         name = f"board{len(self.boards) + 1}"
-        args = [str(self.board_bin / "ray"), "start", f"--address={self.address}", "--num-cpus=0", "--num-gpus=0",
-                "--resources", json.dumps({f"target:{NAME}": 1}), f"--temp-dir={self.tag}-{name}", "--block"]
+        args = board_join_command(self.board_bin, self.address, NAME) + [f"--temp-dir={self.tag}-{name}", "--block"]
         self.boards.append(Node(name, args, Path(f"{self.tag}-{name}"), self.logs / f"{name}.log", isolated=False))
         return self.boards[-1]
 
@@ -118,7 +116,7 @@ def measurements(study: optuna.Study) -> dict[str, dict]:
 def test_every_latency_is_measured_on_the_board_once_per_graph(cluster, tmp_path):
     board = cluster.start_board()
     args = search_args(tmp_path / "out", 4, "--val-epochs", "1", "--val-max", "2")
-    cfg = config_from_args(build_parser().parse_args(args))
+    cfg = config_from_args(build_parser().parse_args(["--address", cluster.address, *args]))
     cfg.run_dir.mkdir(parents=True)
     study, data = open_study(cfg), load_data(None, 32, 32, seed=0)
     space = study_space(data, 32, 32)
@@ -180,6 +178,9 @@ def test_a_board_killed_mid_search_and_started_again(cluster, tmp_path):
     seen = [(t.number, t.user_attrs["status"], t.user_attrs.get("reason"), t.user_attrs.get("latency_ms")) for t in trials]
     assert len(trials) == 4 and [s for _, s, _, _ in seen] == ["complete"] * 4, seen
     assert all(t.user_attrs["latency_ms"] > 0 for t in trials), seen
+    # none failed, counted or not: a trial that waited for the board was never failed and queued again
+    failed = [(t.number, t.user_attrs.get("reason")) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    assert not failed, failed
     nodes = {r["node"] for r in measurements(study).values()}
     assert second.node_id in nodes and nodes <= {first.node_id, second.node_id}, (nodes, first.node_id, second.node_id)
 

@@ -3,7 +3,7 @@
 The graph is read with a few lines of protobuf's wire format rather than the `onnx` package, so
 the board needs nothing beyond ONNX Runtime. A graph is refused when it is too large, uses an
 operator outside `ALLOWED_OPS` or a domain other than the standard one (custom operators load
-code), holds subgraphs or functions, or points at external data (files on the board).
+code), holds subgraphs, functions or sparse tensors, or points at external data (files on the board).
 """
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise GraphRefused("not an ONNX graph (bad varint)")
 
 
-def fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
-    """The (field number, wire type, value) of one protobuf message: bytes for length-delimited
-    fields, an int for the others."""
+def fields(buf: bytes | memoryview) -> list[tuple[int, int, memoryview | int]]:
+    """The (field number, wire type, value) of one protobuf message: a memoryview into `buf` for
+    length-delimited fields (no copy: a graph of hundreds of MB is read on a small board), an int
+    for the others."""
+    buf = memoryview(buf)
     out, pos = [], 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -53,7 +55,7 @@ def fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
             value, pos = _varint(buf, pos)
         elif wire == 1 or wire == 5:
             size = 8 if wire == 1 else 4
-            value, pos = int.from_bytes(buf[pos:pos + size], "little"), pos + size
+            value, pos = int.from_bytes(buf[pos:pos + size].tobytes(), "little"), pos + size
         elif wire == 2:
             size, pos = _varint(buf, pos)
             value, pos = buf[pos:pos + size], pos + size
@@ -66,7 +68,7 @@ def fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
 
 
 def _text(value) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else ""
+    return bytes(value).decode("utf-8", errors="replace") if isinstance(value, (bytes, memoryview)) else ""
 
 
 # ONNX's field numbers (onnx.proto3)
@@ -74,6 +76,7 @@ _MODEL_OPSET, _MODEL_GRAPH, _MODEL_TRAINING, _MODEL_FUNCTIONS = 8, 7, 20, 25
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE = 1, 5, 15
 _NODE_OP, _NODE_DOMAIN, _NODE_ATTRIBUTE = 4, 7, 5
 _ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
+_ATTR_SPARSE, _ATTR_SPARSES = 22, 23  # sparse_tensor, sparse_tensors (a Constant's sparse_value)
 _TENSOR_EXTERNAL, _TENSOR_LOCATION = 13, 14
 
 
@@ -117,6 +120,8 @@ def check_graph(graph: bytes) -> list[str]:
             for k, w, v in fields(attribute):
                 if k in (_ATTR_GRAPH, _ATTR_GRAPHS):
                     raise GraphRefused(f"operator {op} carries a subgraph; only plain graphs are run")
+                if k in (_ATTR_SPARSE, _ATTR_SPARSES):
+                    raise GraphRefused(f"operator {op} carries a sparse tensor: not among the search's graphs")
                 if k in (_ATTR_TENSOR, _ATTR_TENSORS) and w == 2:
                     _check_tensor(v)
         ops.append(op)

@@ -9,6 +9,8 @@ package, NumPy, ONNX Runtime and Ray.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import platform
 import socket
@@ -121,10 +123,20 @@ def measure(graph: bytes, request: Request = Request(), node: str = "") -> Measu
                        started, time.time(), uuid.uuid4().hex)
 
 
-def measure_on_node(graph: bytes, request: Request) -> Measurement:
-    """`measure` in a Ray task, the measurement naming the node it ran on."""
+class BoardMismatch(RuntimeError):
+    """This board is not the one the search measured on so far (another CPU, core count, ONNX Runtime...)."""
+
+
+def measure_on_node(graph: bytes, request: Request, expect: dict | None = None) -> Measurement:
+    """`measure` in a Ray task, the measurement naming the node it ran on; with `expect` (facts), only
+    on a board whose facts are those: BoardMismatch (one line) on another, before anything is timed."""
     import ray
 
+    if expect:
+        mine = facts()
+        diffs = [f"{k}: {expect[k]} expected, {mine.get(k)} here" for k in expect if mine.get(k) != expect[k]]
+        if diffs:
+            raise BoardMismatch(f"another board joined as the target ({'; '.join(diffs)})")
     return measure(graph, request, ray.get_runtime_context().get_node_id())
 
 
@@ -148,11 +160,38 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may run on: its CPU affinity (taskset), capped by a cgroup CPU quota
+    (a container's --cpus, in the cgroup v2 file `cpu_max`) where one is set."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cpu_max, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def source_hash() -> str:
+    """This package's version and the hash of its source: host and board must run the same."""
+    from . import __version__
+
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(f for f in os.listdir(here) if f.endswith(".py")):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    return f"{__version__} ({digest.hexdigest()[:12]})"
+
+
 def facts() -> dict:
-    """What decides this machine's latencies, as a study records it: CPU, cores, ONNX Runtime and its providers."""
+    """What decides this machine's latencies, as a study records it: CPU, cores, ONNX Runtime and its
+    providers, and this package's version."""
     import onnxruntime as ort
 
-    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count() or 0,
+    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": cores(), "lightseg_board": source_hash(),
             "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__,
             "providers": list(ort.get_available_providers())}
