@@ -113,8 +113,9 @@ def test_training_reads_the_loss_on_the_host_once_per_epoch(cuda_standin, data):
     # after the validation, with no timer waiting; with the close at the end, at most 2 + 1
     assert cuda_standin.counts.synchronizes - syncs <= 2 + 1
     on_cpu = fit(spec, data, cfg)
-    assert [r.loss for r in on_card.history] == [r.loss for r in on_cpu.history]  # the same training
-    assert on_card.miou == on_cpu.miou
+    # the same training: the CPU fit runs channels_last, the stand-in's card contiguous, so float rounding differs
+    assert [r.loss for r in on_card.history] == pytest.approx([r.loss for r in on_cpu.history], rel=1e-5)
+    assert on_card.miou == pytest.approx(on_cpu.miou, abs=0.002)  # an argmax or two may flip with the rounding
 
 
 def test_a_nan_loss_on_the_gpu_is_divergence_with_its_epoch_and_step(cuda_standin, data):

@@ -299,7 +299,11 @@ def test_limits_cap_the_flags_a_command_gives_and_their_defaults():
     args = parser.parse_args(["--budget", "100", "--val-seeds", "3", "--deploy-size", "512x1024"])
     assert hook._cap(parser, args, LIMITS) == ["--budget 100 -> 5", "--epochs 3 -> 1", "--val-epochs 10 -> 1",
                                                "--val-seeds 3 -> 2", "--val-max 12 -> 1", "--deploy-size 512x1024 -> 64x128"]
-    assert (args.budget, args.epochs, args.size, args.deploy_size, args.max_concurrent) == (5, 1, "32x64", "64x128", None)
+    # --size left to the protocol stays unset where the protocol's already fits the limit
+    assert (args.budget, args.epochs, args.size, args.deploy_size, args.max_concurrent) == (5, 1, None, "64x128", None)
+    args = parser.parse_args(["--budget", "100", "--protocol", "faithful"])  # its sizes capped as set by it
+    assert hook._cap(parser, args, LIMITS) == ["--budget 100 -> 5", "--epochs 3 -> 1", "--val-epochs 10 -> 1",
+                                               "--val-max 12 -> 1", "--size 64x128 -> 32x64"]
     parser = profile.build_parser()
     args = parser.parse_args(["--arch", "x.yaml", "--size", "512x1024"])
     assert hook._cap(parser, args, LIMITS) == ["--runs 50 -> 3", "--size 512x1024 -> 32x64"]

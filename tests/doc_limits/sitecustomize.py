@@ -25,11 +25,24 @@ def _capped(value, limit: str):
     return value
 
 
+def _protocol_default(namespace, dest: str):
+    """What an unset --size, --epochs, --val-size or --val-epochs means: the --protocol's value."""
+    name = getattr(namespace, "protocol", None)
+    if name is None or dest not in ("size", "epochs", "val_size", "val_epochs"):
+        return None
+    from nas.protocols import PROTOCOLS
+
+    value = getattr(PROTOCOLS[name], dest)
+    return "x".join(map(str, value)) if isinstance(value, tuple) else value
+
+
 def _cap(parser, namespace, limits: dict) -> list[str]:
     changed = []
     for flag, limit in limits.items():
         action = parser._option_string_actions.get(f"--{flag}")
         value = getattr(namespace, action.dest, None) if action is not None else None
+        if value is None and action is not None:  # left to the protocol: capped as the protocol sets it
+            value = _protocol_default(namespace, action.dest)
         if value is None:
             continue
         capped = _capped(value, limit)
