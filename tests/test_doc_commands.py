@@ -68,6 +68,7 @@ ALONE = {
     "python -m nas.search --budget 100 --max-latency-ms 5 --objectives miou,latency,memory": "wrote results/default/",
     "python -m nas.search --budget 100 --deploy-size 512x1024": "wrote results/default/",
     "python -m nas.search --budget 100 --study example --force": "wrote results/example/",
+    "python -m nas.search --budget 100 --protocol faithful --study faithful": "wrote results/faithful/",
     "python -m nas.train --arch search_spaces/presets/erfnet.yaml --size 64x128 --epochs 25 --out runs/erfnet": "runs/erfnet/checkpoint.pt",
 }
 GPU = {"python -m nas.search --budget 200 --data path/to/dataset --size 256x512 --gpus-per-trial 0.25": "wrote results/default/"}
@@ -106,8 +107,6 @@ LISTED.update({
         CLUSTER + " and a board; tests/test_target_cluster.py runs a search with --latency-target on a head and a "
                   "board node of one machine",
 })
-LISTED["python -m nas.search --budget 100 --protocol faithful --study faithful"] = (
-    "validates at 128x256: hours on a CPU; tests/test_protocols.py checks the sizes and the record it sets")
 BENCHMARK = "a benchmark: minutes to hours of measurement, its table in docs/benchmarks.md (CI runs none)"
 
 

@@ -18,18 +18,18 @@ def test_quick_is_the_default_and_sets_32x64_everywhere():
     assert (m.height, m.width, m.settings.epochs, m.val_height, m.val_width, m.val_epochs) == (32, 64, 3, 32, 64, 10)
 
 
-def test_faithful_searches_at_64x128_and_validates_at_the_ladders_reference_size():
+def test_faithful_searches_and_validates_at_64x128():
     cfg = _config("--protocol", "faithful")
     m = cfg.meaning
-    assert (m.height, m.width, m.settings.epochs, m.val_height, m.val_width, m.val_epochs) == (64, 128, 3, 128, 256, 10)
+    assert (m.height, m.width, m.settings.epochs, m.val_height, m.val_width, m.val_epochs) == (64, 128, 3, 64, 128, 10)
     assert cfg.to_dict()["protocol"].startswith("faithful (search 64x128")
 
 
 def test_a_size_flag_beside_a_protocol_wins_and_the_run_is_labelled_custom():
-    cfg = _config("--protocol", "faithful", "--val-size", "64x128")
-    assert (cfg.meaning.val_height, cfg.meaning.val_width) == (64, 128)
+    cfg = _config("--protocol", "faithful", "--val-size", "128x256")
+    assert (cfg.meaning.val_height, cfg.meaning.val_width) == (128, 256)
     assert cfg.meaning.height == 64  # the protocol's search size stays
-    assert cfg.to_dict()["protocol"].startswith("custom (faithful with search 64x128, 3 epochs; validated 64x128")
+    assert cfg.to_dict()["protocol"].startswith("custom (faithful with search 64x128, 3 epochs; validated 128x256")
 
 
 def test_config_records_the_ladders_agreement_for_the_validation_size(tmp_path, monkeypatch):
