@@ -69,6 +69,7 @@ ALONE = {
     "python -m nas.search --budget 100 --deploy-size 512x1024": "wrote results/default/",
     "python -m nas.search --budget 100 --study example --force": "wrote results/example/",
     "python -m nas.search --budget 100 --protocol faithful --study faithful": "wrote results/faithful/",
+    "python -m nas.search --budget 20 --size 128x256 --no-validate": "wrote results/default/",
     "python -m nas.train --arch search_spaces/presets/erfnet.yaml --size 64x128 --epochs 25 --out runs/erfnet": "runs/erfnet/checkpoint.pt",
 }
 GPU = {"python -m nas.search --budget 200 --data path/to/dataset --size 256x512 --gpus-per-trial 0.25": "wrote results/default/"}
