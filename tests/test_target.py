@@ -158,6 +158,7 @@ def local_board():
     """A Ray of this process that is a board too: no CPUs, no GPUs, one unit of target:tb."""
     import ray
 
+    ray.shutdown()  # a search earlier in this process may have left its own Ray running
     ray_tmp = tempfile.mkdtemp(prefix="lst-")  # short socket paths
     ray.init(num_cpus=0, num_gpus=0, resources={"target:tb": 1}, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR", _temp_dir=ray_tmp)
