@@ -124,8 +124,8 @@ def main() -> None:
         found = verdicts(means, costs, groups)
         save(found, "scale_ladder_verdicts")
         save(latency_agreement(costs), "scale_ladder_latency_tau")
-        same = {r: int((v.set_index("preset")["verdict"] == found[found.rung == REF].set_index("preset")["verdict"])
-                       .reindex(v["preset"]).fillna(False).sum()) for r, v in found.groupby("rung")}
+        wide = found.pivot(index="preset", columns="rung", values="verdict")  # presets x rungs
+        same = {r: int((wide[r] == wide[REF]).sum()) for r in wide.columns} if REF in wide else {}
     else:
         same = {}
     if agree.empty:

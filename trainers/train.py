@@ -99,7 +99,7 @@ def memory_format(device: Device, precision: str) -> torch.memory_format:
     """channels_last for fp32 on a CPU: oneDNN's convolutions take NHWC without reordering on each
     call (a step 1.0-1.5x faster, results/bench/train_step*.csv). Not with bf16: there oneDNN's
     weight gradient of some dilated convolutions comes out NaN (tests/test_train.py holds a case).
-    Contiguous on GPUs, as measured there."""
+    Contiguous on GPUs, where no layout has been measured yet."""
     return torch.channels_last if not device.is_cuda and precision == "fp32" else torch.contiguous_format
 
 
