@@ -143,12 +143,8 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     from ray import tune
 
     start_ray(cfg)
-    res, cluster = cfg.resources, ray.cluster_resources()
-    # 1 // 0.2 is 4.0 in floating point: a small epsilon counts the fifth share
-    fits = math.floor(cluster.get("CPU", 1) / max(res.cpus_per_trial, 1e-9) + 1e-9)
-    if res.gpus_per_trial > 0:  # ask the study for no more trials than can run at once
-        fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus_per_trial + 1e-9))
-    concurrent = res.max_concurrent or max(1, int(fits))
+    res = cfg.resources
+    concurrent = res.max_concurrent or trial_slots(cfg)  # ask the study for no more trials than can run at once
     from .tune_adapters import FullTraining, MultiObjectiveASHA, StopOnRequest, StudySearcher
 
     services = DriverServices()
@@ -184,22 +180,44 @@ def put(value) -> object:
     return ray.put(value)
 
 
-def run_tasks(cfg: SearchConfig, fn: Callable[..., dict], calls: list[tuple], record: Callable[[int, dict], None]) -> None:
-    """`fn(*args)` for each of `calls`, all at once as Ray tasks with one trial's resources (Ray
-    resolves object references among the args); `record(i, result)` as each arrives, so a kill loses
-    only the tasks in flight. A worker that dies is retried once; dying twice is a failed result."""
+def run_tasks(cfg: SearchConfig, fn: Callable[..., dict], calls: list[tuple], record: Callable[[int, dict], None],
+              beside: list = ()) -> None:
+    """`fn(*args)` for each of `calls` as Ray tasks with one trial's resources (Ray resolves object
+    references among the args); `record(i, result)` as each arrives, so a kill loses only the tasks
+    in flight. A worker that dies is retried once; dying twice is a failed result. `beside`: references
+    of work holding a trial's slot that Ray does not count (nas.idle_time): while one is pending, one
+    task fewer runs."""
     import ray
 
     task = _trial_task(cfg, _task)
-    in_flight = {task.remote(fn, *args): i for i, args in enumerate(calls)}
-    while in_flight:
-        done, _ = ray.wait(list(in_flight), num_returns=1)
+    waiting, in_flight, beside = list(enumerate(calls)), {}, list(beside)
+    while waiting or in_flight:
+        room = len(waiting) if not beside else max(1, trial_slots(cfg) - len(beside)) - len(in_flight)
+        for i, args in waiting[:max(room, 0)]:
+            in_flight[task.remote(fn, *args)] = i
+        waiting = waiting[max(room, 0):]
+        done, _ = ray.wait(list(in_flight) + beside, num_returns=1)
+        if done[0] in beside:
+            beside.remove(done[0])
+            continue
         i = in_flight.pop(done[0])
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the worker died twice
             result = {"status": Status.FAILED, "reason": f"worker process died: {type(exc).__name__}"}
         record(i, result)
+
+
+def trial_slots(cfg: SearchConfig) -> int:
+    """How many trials the cluster holds at once, by their CPU and GPU shares."""
+    import ray
+
+    res, cluster = cfg.resources, ray.cluster_resources()
+    # 1 // 0.2 is 4.0 in floating point: a small epsilon counts the fifth share
+    fits = math.floor(cluster.get("CPU", 1) / max(res.cpus_per_trial, 1e-9) + 1e-9)
+    if res.gpus_per_trial > 0:
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus_per_trial + 1e-9))
+    return max(1, int(fits))
 
 
 def _task(fn: Callable[..., dict], *args) -> dict:

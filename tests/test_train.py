@@ -30,6 +30,14 @@ def test_same_seed_same_training(data):
     assert a.miou == b.miou and 0 <= a.miou <= 1
 
 
+def test_evaluating_only_the_last_epoch_gives_the_same_final_miou(data):
+    cfg = TrainConfig(epochs=3, batch_size=8, seed=2)
+    every, last = fit(spec_for(data), data, cfg), fit(spec_for(data), data, cfg, evaluate_every_epoch=False)
+    assert last.miou == every.miou and last.metrics == every.metrics
+    assert [r.loss for r in last.history] == [r.loss for r in every.history]
+    assert [r.miou != r.miou for r in last.history] == [True, True, False]  # nan where not evaluated
+
+
 def test_callback_stops_training_early(data):
     seen = []
     result = fit(spec_for(data), data, TrainConfig(epochs=5, batch_size=8), on_epoch=lambda r: seen.append(r) or False)

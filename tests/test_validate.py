@@ -115,14 +115,14 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
     real = validated_stage.run_trainings
     first_jobs, resumed_jobs = [], []
 
-    def killed_after_two(cfg_, jobs, data_ref, protocol, record, fits):
+    def killed_after_two(cfg_, jobs, data_ref, protocol, record, fits, *beside):
         first_jobs.extend(jobs)
 
         def record_then_die(job, result):
             record(job, result)
             if len([k for k in study_attrs() if k.startswith("validated:")]) == 2:
                 raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM) does; SIGKILL loses the same or less
-        real(cfg_, jobs, data_ref, protocol, record_then_die, fits)
+        real(cfg_, jobs, data_ref, protocol, record_then_die, fits, *beside)
 
     def study_attrs():
         return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url).user_attrs
@@ -133,9 +133,9 @@ def test_a_kill_during_validation_loses_no_finished_training_and_counts_none_twi
     before = {k: v for k, v in study_attrs().items() if k.startswith("validated:")}
     assert len(before) == 2
 
-    def counting(cfg_, jobs, data_ref, protocol, record, fits):
+    def counting(cfg_, jobs, data_ref, protocol, record, fits, *beside):
         resumed_jobs.extend(jobs)
-        real(cfg_, jobs, data_ref, protocol, record, fits)
+        real(cfg_, jobs, data_ref, protocol, record, fits, *beside)
 
     monkeypatch.setattr(validated_stage, "run_trainings", counting)
     chosen = []
