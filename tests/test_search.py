@@ -115,6 +115,23 @@ def test_a_resumed_proposing_sampler_keeps_its_seed(tmp_path):
     assert open_study(cfg).sampler.seed == cfg.meaning.seed == 1
 
 
+def test_each_reference_validation_equals_the_stage_training_of_its_job(run):
+    # the presets' validation trainings may run in idle CPU time during the search (nas.idle_time):
+    # what the study holds must be what the stage's own training of that job gives
+    from nas import validate as val
+    from trainers.data import load_data
+
+    study = optuna.load_study(study_name=run.study, storage=run.storage_url)
+    p = run.protocol
+    presets = [t.number for t in study.trials if t.user_attrs.get("preset")]
+    jobs = [val.Job(n, seed, ArchSpec.from_dict(study.trials[n].user_attrs["spec"])
+                    .with_input(height=p.height, width=p.width).to_dict(), 0.0) for n in presets for seed in p.seeds]
+    assert all(job.key in study.user_attrs for job in jobs)
+    data = load_data(None, p.height, p.width, seed=run.meaning.seed)
+    for job in jobs[:2]:
+        assert val.train_job(job, data, p, run.settings)["miou"] == study.user_attrs[job.key]["miou"]
+
+
 def test_export_any_trial_and_a_verified_onnx(run, tmp_path):
     from nas import export
     table = pd.read_csv(run.run_dir / "trials.csv")
