@@ -139,7 +139,6 @@ def run_trials(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, data:
     Setting `stop` ends the run early: the trials in flight are stopped and queued again.
     `target_ledger` names the --latency-target ledger the trials measure latency through.
     Returns how many were interrupted (by a lost node or `stop`) and queued again (the caller runs them)."""
-    import ray
     from ray import tune
 
     start_ray(cfg)
