@@ -12,7 +12,8 @@ from __future__ import annotations
 import uuid
 
 from search_spaces import ArchSpec
-from search_spaces.blocks.dupsample import fit_reconstruction
+from search_spaces.blocks.decoders import UPSAMPLE
+from search_spaces.blocks.dupsample import PatchPCA, exact_pca, patch_pca, patch_sample_size
 from trainers.data import SegData
 
 
@@ -25,8 +26,39 @@ def reconstruction_key(spec: ArchSpec, ignore_index: int, seed: int) -> str | No
 
 def fit_for(spec: ArchSpec, data: SegData, seed: int):
     """(basis, mean) of `spec`'s DUpsampling decoder on this data, as `prepare_model` would fit it."""
-    return fit_reconstruction(data.train.masks, spec.input.num_classes, spec.ratio, spec.decoder.width,
-                              data.info.ignore_index, seed)
+    return pca_for(spec, data, seed).basis(spec.decoder.width)
+
+
+def pca_for(spec: ArchSpec, data: SegData, seed: int) -> PatchPCA:
+    """The patch PCA behind `spec`'s W on this data."""
+    return patch_pca(data.train.masks, spec.input.num_classes, spec.ratio, spec.decoder.width,
+                     data.info.ignore_index, seed)
+
+
+def pca_key(spec: ArchSpec, data: SegData, seed: int) -> str:
+    """What the PCA behind W depends on: classes, ratio and ignore index; the sample's seed unless
+    the sample is every patch (taken in order, whatever the seed); N only where the decomposition
+    is not exact (an exact one holds the components of every N)."""
+    c, r = spec.input.num_classes, spec.ratio
+    h, w = data.train.masks.shape[-2:]
+    every = len(data.train) * (h // (UPSAMPLE * r)) * (w // (UPSAMPLE * r)) <= patch_sample_size(c, r)
+    return (f"c{c}_r{r}_i{data.info.ignore_index}" + ("" if every else f"_s{seed}")
+            + ("" if exact_pca(c, r) else f"_n{spec.decoder.width}"))
+
+
+class ReconstructionFits:
+    """DUpsampling's W for any spec, each patch PCA made once (an eigendecomposition of a 2048-wide
+    covariance takes seconds, and the driver's trials or the validated stage wait for it)."""
+
+    def __init__(self) -> None:
+        self.pcas: dict[str, PatchPCA] = {}
+
+    def __call__(self, spec: ArchSpec, data: SegData, seed: int):
+        """(basis, mean) as `fit_for` gives them."""
+        key = pca_key(spec, data, seed)
+        if key not in self.pcas:
+            self.pcas[key] = pca_for(spec, data, seed)
+        return self.pcas[key].basis(spec.decoder.width)
 
 
 class _Ledger:
@@ -59,6 +91,7 @@ class DriverServices:
         self.actor = ray.remote(num_cpus=0, max_restarts=0)(_Ledger).options(
             name=self.name, scheduling_strategy=here).remote()
         self.refs: dict[str, object] = {}
+        self.fits = ReconstructionFits()
 
     def reconstruction(self, spec: ArchSpec, data: SegData, seed: int) -> str | None:
         """The key of `spec`'s W on `data`, fitted and published the first time it is asked for."""
@@ -66,7 +99,7 @@ class DriverServices:
 
         key = reconstruction_key(spec, data.info.ignore_index, seed)
         if key is not None and key not in self.refs:
-            self.refs[key] = ray.put(fit_for(spec, data, seed))
+            self.refs[key] = ray.put(self.fits(spec, data, seed))
             ray.get(self.actor.put_fit.remote(key, [self.refs[key]]))
         return key
 

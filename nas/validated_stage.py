@@ -20,7 +20,7 @@ from . import idle_time, runner, validate as val
 from .config import SearchConfig
 from .pareto import trial_spec
 from .records import Status, TrialKey, validated_key
-from .services import fit_for, reconstruction_key
+from .services import ReconstructionFits, reconstruction_key
 
 
 class ValidatedStage:
@@ -146,13 +146,13 @@ def run_trainings(cfg: SearchConfig, jobs: list[val.Job], data_ref, protocol: va
 def publish_reconstructions(jobs: list[val.Job], data: SegData) -> dict[str, object]:
     """DUpsampling's W for each job that needs one, fitted here once per key and put in the object
     store: job key -> reference."""
-    refs, by_key = {}, {}
+    refs, by_key, fits = {}, {}, ReconstructionFits()
     for job in jobs:
         spec = ArchSpec.from_dict(job.spec)
         key = reconstruction_key(spec, data.info.ignore_index, job.seed)
         if key is not None:
             if key not in by_key:
-                by_key[key] = runner.put(fit_for(spec, data, job.seed))
+                by_key[key] = runner.put(fits(spec, data, job.seed))
             refs[job.key] = by_key[key]
     return refs
 

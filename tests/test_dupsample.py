@@ -134,3 +134,68 @@ def test_fit_memory_stays_flat_from_100_to_3000_label_maps_at_512x1024():
     # patches would be ~120 GB
     assert large < 400, large
     assert large - small < 50, (small, large)
+
+
+def _reference_fit(labels, num_classes, ratio, n, ignore_index=255):
+    """The W of the fit's definition, written out here: the top-n eigenvectors of the centred
+    one-hot patches' covariance, by decreasing eigenvalue (columns past the patches' rank zero)."""
+    y = torch.cat([label_patches(lab, num_classes, ratio, ignore_index) for lab in labels])
+    mean = y.mean(0)
+    c = y - mean
+    _, vecs = torch.linalg.eigh((c.T.double() @ c.double()))
+    q = min(n, y.shape[1], len(y))
+    basis = torch.zeros(y.shape[1], n, dtype=torch.float64)
+    basis[:, :q] = vecs[:, -q:].flip(1)
+    return basis.float(), mean
+
+
+def test_one_decomposition_serves_every_n_and_every_seed_when_every_patch_is_taken():
+    from dataclasses import dataclass
+
+    from nas import services
+    from search_spaces import ArchSpec
+    from search_spaces.blocks.dupsample import patch_pca
+
+    labels = torch.stack([street_label(shift=s) for s in range(6)]).to(torch.uint8)
+    pca = patch_pca(labels, num_classes=4, ratio=1, n=8)
+    for n in (8, 32, 300):  # 300: more codes than the 6 x 64 patches have rank, so spare codes are zero
+        basis, mean = pca.basis(n)
+        ref_basis, ref_mean = _reference_fit(labels, 4, 1, n)
+        assert torch.allclose(mean, ref_mean)
+        # an eigenvector's sign is arbitrary: compare the projections they span, column by column
+        assert torch.allclose(basis.abs(), ref_basis.abs(), atol=1e-5)
+        assert torch.equal(basis, fit_reconstruction(labels, 4, 1, n)[0])  # what a trial fits itself
+
+    @dataclass
+    class Info:
+        ignore_index: int = 255
+
+    @dataclass
+    class Split:
+        masks: torch.Tensor
+
+        def __len__(self):
+            return len(self.masks)
+
+    @dataclass
+    class Data:
+        train: Split
+        info: Info
+
+    data = Data(Split(labels), Info())
+    base = tiny_spec(decoder="dupsample", num_classes=4, height=64, width=64).to_dict()
+    asked = [(ArchSpec.from_dict({**base, "decoder": {**base["decoder"], "width": width}}), seed)
+             for width, seed in ((32, 0), (64, 0), (32, 1000), (64, 1001))]
+    expected = [services.fit_for(spec, data, seed) for spec, seed in asked]
+    made, fits, real = [], services.ReconstructionFits(), services.pca_for
+    try:
+        services.pca_for = lambda spec, d, seed: made.append(seed) or real(spec, d, seed)
+        got = [fits(spec, data, seed) for spec, seed in asked]
+    finally:
+        services.pca_for = real
+    assert all(torch.equal(a, b) for g, e in zip(got, expected) for a, b in zip(g, e))
+    assert made == [0]  # 6 maps x 64 patches < the sample size: every seed takes every patch, in order
+    many = Data(Split(labels.repeat(60, 1, 1)), Info())  # 360 maps x 64 patches > the 20,000 sampled
+    spec = asked[0][0]
+    assert services.pca_key(spec, many, 0) != services.pca_key(spec, many, 1)  # the seed picks the sample
+    assert services.pca_key(spec, data, 0) == services.pca_key(spec, data, 1)

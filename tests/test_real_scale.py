@@ -46,8 +46,8 @@ def test_cityscapes_layout_loads_one_uint8_copy_with_its_ignored_pixels(cityscap
 
 def test_search_at_256x512_runs_every_decoder_and_shares_the_dupsample_fit(cityscapes, tmp_path, monkeypatch):
     os.environ.setdefault("LIGHTSEG_CACHE", str(tmp_path / "cache"))
-    fitted, real_fit = [], services.fit_for
-    monkeypatch.setattr(services, "fit_for", lambda spec, data, seed: fitted.append((spec.ratio, spec.decoder.width))
+    fitted, real_fit = [], services.pca_for
+    monkeypatch.setattr(services, "pca_for", lambda spec, data, seed: fitted.append((spec.ratio, spec.decoder.width))
                         or real_fit(spec, data, seed))
     args = build_parser().parse_args(["--data", str(cityscapes), "--size", f"{H}x{W}", "--budget", str(len(SPECS)),
                                       "--epochs", "1", "--no-presets", "--no-validate", "--out", str(tmp_path), "--study", "cs"])

@@ -9,6 +9,8 @@ sharpens the softmax (the paper's adaptive-temperature softmax): the logits are 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Iterable
 
 import numpy as np
@@ -81,35 +83,63 @@ def sample_patches(labels: Iterable[torch.Tensor], ratio: int, k: int, seed: int
     return reservoir[:min(seen, k)]
 
 
+@dataclass(frozen=True)
+class PatchPCA:
+    """The principal components of one-hot label patches, by decreasing variance."""
+
+    mean: torch.Tensor  # (D,)
+    components: torch.Tensor  # (D, q) float64; every component where it came from the exact decomposition
+
+    def basis(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """DUpsampling's W for N = `n`: (basis (D, n), mean (D,)), spare codes zero where q < n."""
+        basis = torch.zeros(len(self.mean), n, dtype=torch.float64)
+        q = min(n, self.components.shape[1])
+        basis[:, :q] = self.components[:, :q]
+        return basis.float(), self.mean.float()
+
+
+def exact_pca(num_classes: int, ratio: int) -> bool:
+    """Whether a patch's dimension is small enough for the exact decomposition, whose components serve every N."""
+    return num_classes * (UPSAMPLE * ratio) ** 2 <= EXACT_PCA_MAX_DIM
+
+
+def patch_sample_size(num_classes: int, ratio: int) -> int:
+    """How many patches the PCA samples at most (fewer where patches are long)."""
+    return max(1, min(MAX_PATCHES, MAX_SAMPLE_VALUES // (num_classes * (UPSAMPLE * ratio) ** 2)))
+
+
+def patch_pca(labels: Iterable[torch.Tensor], num_classes: int, ratio: int, n: int, ignore_index: int = 255,
+              seed: int = 0) -> PatchPCA:
+    """PCA of the label patches: all components where the exact decomposition applies (`exact_pca`),
+    else the top `n` by a randomized low-rank SVD. The label maps are streamed; peak memory is
+    bounded by MAX_SAMPLE_VALUES, not by the dataset."""
+    dim = num_classes * (UPSAMPLE * ratio) ** 2
+    y = _one_hot_patches(sample_patches(labels, ratio, patch_sample_size(num_classes, ratio), seed),
+                         num_classes, ignore_index)
+    mean = y.mean(0)
+    y -= mean
+    if exact_pca(num_classes, ratio):
+        cov = torch.zeros(dim, dim, dtype=torch.float64)
+        for chunk in y.split(4096):  # float64 accumulation without a float64 copy of the sample
+            cov += chunk.T.double() @ chunk.double()
+        _, vecs = torch.linalg.eigh(cov)
+        return PatchPCA(mean, vecs[:, -min(dim, len(y)):].flip(1))
+    q = min(n, dim, len(y))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(y, q=q, niter=6)
+    return PatchPCA(mean, v[:, :q].double())
+
+
 def fit_reconstruction(labels: Iterable[torch.Tensor], num_classes: int, ratio: int, n: int,
                        ignore_index: int = 255, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit W by PCA of the label patches: returns (basis (D, n), mean (D,)).
 
     Reconstruction of a patch y from its code z is `basis @ z + mean`; the best code is
     `basis.T @ (y - mean)`, and no linear map of that shape reconstructs the patches with less
-    squared error (Eckart-Young). The label maps are streamed; peak memory is bounded by
-    MAX_SAMPLE_VALUES, not by the dataset.
+    squared error (Eckart-Young).
     """
-    dim = num_classes * (UPSAMPLE * ratio) ** 2
-    k = max(1, min(MAX_PATCHES, MAX_SAMPLE_VALUES // dim))
-    y = _one_hot_patches(sample_patches(labels, ratio, k, seed), num_classes, ignore_index)
-    mean = y.mean(0)
-    y -= mean
-    q = min(n, dim, len(y))
-    if dim <= EXACT_PCA_MAX_DIM:
-        cov = torch.zeros(dim, dim, dtype=torch.float64)
-        for chunk in y.split(4096):  # float64 accumulation without a float64 copy of the sample
-            cov += chunk.T.double() @ chunk.double()
-        _, vecs = torch.linalg.eigh(cov)
-        top = vecs[:, -q:].flip(1)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _, _, v = torch.svd_lowrank(y, q=q, niter=6)
-        top = v[:, :q]
-    basis = torch.zeros(dim, n, dtype=torch.float64)
-    basis[:, :q] = top  # fewer patches than N: the spare codes are unused
-    return basis.float(), mean.float()
+    return patch_pca(labels, num_classes, ratio, n, ignore_index, seed).basis(n)
 
 
 @register_decoder("dupsample")
