@@ -9,9 +9,10 @@ the search leaves idle (its start, the driver's turn between trials, the last tr
 takes nothing from it. The jobs and the training are the validated stage's own (`nas.validate`),
 so a result is the one the stage would have got.
 
-When the stage starts it takes what finished and ends the actor: the training then in flight is
-dropped and run again by the stage, since beside the stage's own trainings the idle class would get
-no CPU until they all ended.
+When the stage starts it takes what finished and hands out no more. The training then in flight
+keeps a core of its own (the stage runs one training fewer beside it), since beside two of the
+stage's trainings the idle class would get no CPU until they all ended; the stage waits for it, then
+ends the actor. After Ctrl-C the one in flight is dropped.
 """
 from __future__ import annotations
 
@@ -42,10 +43,13 @@ class IdleWorker:
         lower_to_idle_class()  # before torch is imported, so that importing it is idle time too
 
     def train(self, job: Job, data, protocol: Protocol, settings: TrialSettings, reconstruction=None) -> dict:
+        import ray
+
         lower_to_idle_class()  # the thread Ray runs this call on, whichever it is
         from .validate import train_job
 
-        return train_job(job, data, protocol, settings, reconstruction)
+        return {**train_job(job, data, protocol, settings, reconstruction),
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 class IdleTimeTrainer:
@@ -100,7 +104,8 @@ class IdleTimeTrainer:
         with self._lock:
             self._stopped = True
         if not wait:
-            ray.kill(self.actor)
+            ray.kill(self.actor)  # the call in flight fails at once, so the thread ends
         self._thread.join()
-        ray.kill(self.actor)
+        if wait:
+            ray.kill(self.actor)
         return self.stop()[0]

@@ -190,8 +190,9 @@ def run_tasks(cfg: SearchConfig, fn: Callable[..., dict], calls: list[tuple], re
 
     task = _trial_task(cfg, _task)
     waiting, in_flight, beside = list(enumerate(calls)), {}, list(beside)
+    slots = trial_slots(cfg) if beside else 0
     while waiting or in_flight:
-        room = len(waiting) if not beside else max(1, trial_slots(cfg) - len(beside)) - len(in_flight)
+        room = len(waiting) if not beside else max(1, slots - len(beside)) - len(in_flight)
         for i, args in waiting[:max(room, 0)]:
             in_flight[task.remote(fn, *args)] = i
         waiting = waiting[max(room, 0):]

@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import os
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import optuna
 import pandas as pd
@@ -192,20 +191,14 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
         if cfg.options.presets:
             st.enqueue_presets(study, space)
         remaining = st.remaining_budget(study, cfg.budget, cfg.budget_owner)
-        scales_ahead = _measure_scales_ahead(cfg, study, space)  # while Ray starts
         if remaining or runner.uses_workers(cfg) or cfg.settings.latency_target:  # Ray refuses resources it
             runner.start_ray(cfg, data_bytes=data.train.nbytes + data.val.nbytes)  # lacks before any result is written
         board = open_board(cfg.settings, study)  # None without --latency-target
         stage = ValidatedStage(cfg, study, target=board) if cfg.meaning.validate else None
         data_ref = None
         try:
-            if stage is not None and remaining:  # the references train in the idle time from here on
-                data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
-                stage.start_idle_time(space, data, data_ref)
-            scales = _scales(cfg, study, space, board, scales_ahead)  # the presets timed on the board: Ctrl-C closes it too
+            scales = _scales(cfg, study, space, board)  # the presets timed on the board: Ctrl-C closes it too
         except BaseException:
-            if stage is not None:
-                stage.take_idle_time()  # ends the idle-time trainings, keeping what finished
             if board is not None:
                 board.close()
             raise
@@ -215,6 +208,9 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
               f"(costs at {cfg.deploy_label}) -> {run_dir}")
         validation = None
         try:
+            if stage is not None and remaining:  # from here on the references train in idle CPU time
+                data, data_ref = runner.share_data(cfg, data)  # the driver's own copy is freed here
+                stage.start_idle_time(space, data, data_ref)
             with stop.gracefully():  # Ctrl-C stops the trials in flight and queues them again
                 while remaining and not stop.requested:
                     if data_ref is None:
@@ -256,24 +252,12 @@ def _search(cfg: SearchConfig, stop: StopRequest) -> None:
             print(f"copied the run folder to {publish_run_folder(run_dir, cfg.resources.artifacts_uri)}")
 
 
-def _measure_scales_ahead(cfg: SearchConfig, study: optuna.Study, space) -> Future | None:
-    """The hypervolume reference measured in a thread of this process, where it is measured here (the
-    trials run on this machine's CPUs) and the study lacks it; None otherwise."""
-    if StudyKey.HYPERVOLUME_SCALES in study.user_attrs or runner.uses_workers(cfg) or cfg.settings.latency_target:
-        return None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="reference-scales")
-    ahead = pool.submit(st.reference_scales, space, cfg.objectives, cfg.settings)
-    pool.shutdown(wait=False)  # the thread ends with its one task
-    return ahead
-
-
-def _scales(cfg: SearchConfig, study: optuna.Study, space, board=None, ahead: Future | None = None) -> dict[str, float]:
-    """The fixed hypervolume reference, measured once per study and kept in the study itself (`ahead`:
-    being measured already); with a --latency-target `board`, the latency's is the presets' on the board."""
+def _scales(cfg: SearchConfig, study: optuna.Study, space, board=None) -> dict[str, float]:
+    """The fixed hypervolume reference, measured once per study and kept in the study itself; with a
+    --latency-target `board`, the latency's is the presets' on the board."""
     key = StudyKey.HYPERVOLUME_SCALES
     if key not in study.user_attrs:
-        scales = (ahead.result() if ahead is not None
-                  else runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings))
+        scales = runner.on_worker(cfg, st.reference_scales, space, cfg.objectives, cfg.settings)
         if board is not None and "latency_ms" in scales:
             scales["latency_ms"] = board.latency_scale(space, cfg.settings)
         study.set_user_attr(key, scales)

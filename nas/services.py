@@ -36,14 +36,15 @@ def pca_for(spec: ArchSpec, data: SegData, seed: int) -> PatchPCA:
 
 
 def pca_key(spec: ArchSpec, data: SegData, seed: int) -> str:
-    """What the PCA behind W depends on: classes, ratio and ignore index; the sample's seed unless
-    the sample is every patch (taken in order, whatever the seed); N only where the decomposition
-    is not exact (an exact one holds the components of every N)."""
+    """What the PCA behind W depends on: classes, ratio and ignore index; the seed unless the
+    decomposition is exact and the sample is every patch (taken in order, whatever the seed); N only
+    where the decomposition is not exact (an exact one holds the components of every N)."""
     c, r = spec.input.num_classes, spec.ratio
     h, w = data.train.masks.shape[-2:]
     every = len(data.train) * (h // (UPSAMPLE * r)) * (w // (UPSAMPLE * r)) <= patch_sample_size(c, r)
-    return (f"c{c}_r{r}_i{data.info.ignore_index}" + ("" if every else f"_s{seed}")
-            + ("" if exact_pca(c, r) else f"_n{spec.decoder.width}"))
+    exact = exact_pca(c, r)  # the low-rank SVD draws a seeded random projection, every patch or not
+    return (f"c{c}_r{r}_i{data.info.ignore_index}" + ("" if every and exact else f"_s{seed}")
+            + ("" if exact else f"_n{spec.decoder.width}"))
 
 
 class ReconstructionFits:

@@ -59,8 +59,11 @@ class ValidatedStage:
         finished, in_flight = self.idle.stop() if self.idle is not None else ([], None)
         self._keep_idle_time(finished)
         jobs = self._not_cached(val.pending_jobs(study, self.candidates, cfg.protocol))
-        if in_flight is not None:  # it keeps a core of its own: one training fewer runs beside it
-            jobs = [job for job in jobs if job.key != in_flight[0].key]
+        if in_flight is not None and any(job.key == in_flight[0].key for job in jobs):
+            jobs = [job for job in jobs if job.key != in_flight[0].key]  # it keeps a core: one training fewer beside it
+        elif in_flight is not None:  # no job of this stage (its trial is no candidate): dropped
+            self.take_idle_time()
+            in_flight = None
         if jobs or in_flight is not None:
             p, m = cfg.protocol, cfg.meaning
             if (p.height, p.width) != (m.height, m.width):
@@ -164,8 +167,8 @@ def reference_jobs(study: optuna.Study, space, protocol: val.Protocol) -> list[v
     jobs = []
     for t in study.get_trials(deepcopy=False):
         name = t.user_attrs.get(TrialKey.PRESET)
-        if not name or t.user_attrs.get(TrialKey.INTERRUPTED):
-            continue
+        if not name or t.user_attrs.get(TrialKey.INTERRUPTED) or t.state == optuna.trial.TrialState.FAIL:
+            continue  # a failed or interrupted trial is no candidate (a requeued copy of it may be)
         if TrialKey.SPEC in t.user_attrs:
             spec = trial_spec(t)
         elif "fixed_params" in t.system_attrs:  # queued, not asked yet: what Optuna's enqueue_trial stores

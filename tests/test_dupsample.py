@@ -199,3 +199,5 @@ def test_one_decomposition_serves_every_n_and_every_seed_when_every_patch_is_tak
     spec = asked[0][0]
     assert services.pca_key(spec, many, 0) != services.pca_key(spec, many, 1)  # the seed picks the sample
     assert services.pca_key(spec, data, 0) == services.pca_key(spec, data, 1)
+    low_rank = tiny_spec(decoder="dupsample", num_classes=8, ratio=4, height=64, width=64)  # 8 x 32^2 > 2048
+    assert services.pca_key(low_rank, data, 0) != services.pca_key(low_rank, data, 1)  # a seeded projection
