@@ -100,6 +100,8 @@ class ValidatedStage:
 
     def _keep_idle_time(self, results: list[tuple[val.Job, dict]]) -> None:
         """Store the idle-time trainings of jobs the stage would run as they are."""
+        if not results:
+            return
         wanted = {job.key: job for job in val.pending_jobs(self.study, self.candidates, self.cfg.protocol)}
         kept = [(job, r) for job, r in results
                 if job.key in wanted and wanted[job.key].spec == job.spec and r["status"] == Status.COMPLETE]
