@@ -15,6 +15,9 @@ section leaves its traceback in errors/<section>.txt. A section's status comes f
              error files and the workers' stderr tails are kept (tune_errors/, worker_stderr/)
   latency    each searched net's in-search latency against the same net timed alone afterwards
   precision  bf16 / fp16 vs fp32 (TF32 where on) mIoU of two nets with TVConv and DUpsampling
+  ladder     the resolution ladder's presets and front nets trained at 256x512 and 512x1024, four at a
+             time: tau against the CPU ladder's 128x256 and 32x64, preset verdicts per rung
+             (benchmarks/gpu_check_ladder.py)
 """
 from __future__ import annotations
 
@@ -33,14 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import gpu_check_search as gs  # noqa: E402
+from benchmarks.gpu_check_ladder import ladder  # noqa: E402
 from benchmarks.gpu_check_report import Interrupted, Outcome, Runner, Tee, attempt  # noqa: E402
 from benchmarks.gpu_check_train import host, precision  # noqa: E402
 
 # Seconds per section; scaled down together when --deadline is shorter than their sum. The search
 # gets the most: its first wave of trials (Ray start, worker imports) costs ~30 s before any finishes.
-BUDGETS = {"facts": 15, "host": 30, "search": 210, "latency": 45, "precision": 90}
+BUDGETS = {"facts": 15, "host": 25, "search": 180, "latency": 40, "precision": 60, "ladder": 150}
 # A dry run ends in about 90 s; the search's budget is for a machine busy with other work.
-DRY_BUDGETS = {"facts": 15, "host": 20, "search": 180, "latency": 30, "precision": 40}
+DRY_BUDGETS = {"facts": 15, "host": 20, "search": 180, "latency": 30, "precision": 40, "ladder": 60}
 
 
 class Check:
@@ -163,7 +167,7 @@ def no_cuda(ck: Check, budget: float) -> Outcome:
     raise RuntimeError("no CUDA device here: nothing measured (use --dry-run on a machine without a GPU)")
 
 
-SECTIONS = {"facts": facts, "host": host, "search": search, "latency": latency, "precision": precision}
+SECTIONS = {"facts": facts, "host": host, "search": search, "latency": latency, "precision": precision, "ladder": ladder}
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import gpu_check_report as report
+from benchmarks import gpu_check_ladder as ladder
 from benchmarks import gpu_check_search as gs
 from benchmarks import gpu_check_wheels as wheels
 
@@ -195,6 +196,35 @@ def test_wheels_folder_is_ignored_so_it_travels_only_when_carried():
     assert proc.returncode == 0
 
 
+def test_ladder_runs_every_net_at_the_first_rung_before_the_next_and_seeds_last():
+    nets = ladder.top_rung_nets()
+    assert {n.group for n in nets} == {"preset", "front"}
+    assert {"erfnet", "edanet", "esnet", "lednet"} <= {n.name for n in nets}
+    jobs = ladder.rung_jobs(nets, ladder.GPU_RUNGS, seeds=(1000, 1001))
+    order = [(j["seed"], j["height"]) for j in jobs]
+    assert order == sorted(order) and len(jobs) == 2 * 2 * len(nets)
+    # the first 512x1024 job, before any finished there: the slowest 256x512 one times 4 (the pixels)
+    rows = [{"rung": "256x512", "wall_s": 3.0}, {"rung": "256x512", "wall_s": 5.0}, {"rung": "256x512", "error": "x"}]
+    big = next(j for j in jobs if j["height"] == 512)
+    assert ladder._estimate(big, rows, ladder.GPU_RUNGS) == 20.0
+    assert ladder._estimate(jobs[0], [], ladder.GPU_RUNGS) == 0.0
+
+
+def test_ladder_summary_agrees_perfectly_with_the_cpu_ladder_it_copies():
+    from benchmarks.scale_ladder import LOG
+
+    nets = ladder.top_rung_nets()
+    cpu = pd.read_csv(LOG)
+    ref = cpu[(cpu["rung"] == "128x256") & cpu["net"].isin([n.name for n in nets])]
+    ref = ref[ref["precision"] == ref["precision"].mode().iloc[0]].groupby("net")["miou"].mean()
+    # rows at 32x64 (a rung with costs) whose mIoU is the CPU ladder's 128x256 mean: tau 1 by construction
+    rows = [{"net": n, "group": "x", "rung": "32x64", "seed": 1000, "miou": m} for n, m in ref.items()]
+    rows.append({"net": "erfnet", "rung": "32x64", "seed": 1001, "error": "OutOfMemoryError: x"})
+    (summary,) = ladder.rung_summary(rows, nets)
+    assert summary["nets"] == len(ref) and summary["tau_vs_128x256"] == pytest.approx(1.0)
+    assert {v.split()[0] for v in summary["verdicts"].split("; ")} == {"erfnet", "edanet", "esnet", "lednet"}
+
+
 def _run_shell(tmp_path, *args, env=None, timeout=600):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path), **(env or {})}
@@ -233,7 +263,7 @@ def test_dry_run_runs_every_section(tmp_path):
     assert {n: s["status"] for n, s in smoke.items()} == {
         "share": "skipped: no CUDA device here", "fit": "ok", "graphs": "ok", "procs": "ok"}
     assert {n: s["status"] for n, s in check.items()} == dict.fromkeys(
-        ("facts", "host", "search", "latency", "precision"), "ok")
+        ("facts", "host", "search", "latency", "precision", "ladder"), "ok")
     assert smoke["procs"]["figures"]["steps_per_s_4_processes"] > 0
     search = json.loads(_archive(out, "check/search.json"))
     assert search["trials_finished"] == 4 and search["training_windows"] == 4
@@ -241,6 +271,8 @@ def test_dry_run_runs_every_section(tmp_path):
     precision = pd.read_csv(io.BytesIO(_archive(out, "check/precision.csv")))
     assert len(precision) == 7 and precision["miou"].between(0, 1).all()
     assert set(precision.loc[precision["precision"] == "fp32", "math"]) == {"fp32"}  # no TF32 on a CPU
+    rungs = pd.read_csv(io.BytesIO(_archive(out, "check/ladder.csv")))
+    assert len(rungs) and rungs["miou"].between(0, 1).all() and set(rungs["rung"]) <= {"32x64", "64x128"}
 
 
 def test_tune_error_files_and_worker_stderr_tails_are_kept(tmp_path):
