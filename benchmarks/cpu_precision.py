@@ -22,7 +22,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, run_logged, save  # noqa: E402
-from benchmarks.scale_ladder import LOG, SEEDS, done_trainings, ladder_nets, train  # noqa: E402
+from benchmarks.scale_ladder import EPOCHS, LOG, SEEDS, done_trainings, ladder_nets, train  # noqa: E402
 from benchmarks.train_step import cpu_has_bf16  # noqa: E402
 
 
@@ -34,7 +34,8 @@ def main() -> None:
     precision = "bf16"
     done = done_trainings()
     jobs = [{"net": n.name, "group": n.group, "spec": n.spec, "height": 32, "width": 64, "seed": s,
-             "precision": precision} for n in ladder_nets() for s in SEEDS if (n.name, "32x64", s, precision) not in done]
+             "precision": precision} for n in ladder_nets() for s in SEEDS
+            if (n.name, "32x64", s, precision, EPOCHS) not in done]
     print(f"{len(jobs)} {precision} trainings to run  [{machine()}]", flush=True)
     run_logged(train, jobs, LOG, workers=2,
                show=lambda r: f"{r['net']} seed {r['seed']}: mIoU {r['miou']:.3f} ({r['train_seconds']} s)")

@@ -15,6 +15,7 @@ benchmarks/cpu_precision.py adds the fp32 trainings of the 32x64 rung to compare
 
     python benchmarks/scale_ladder.py                 # the trainings (resumable; hours on 2 cores)
     python benchmarks/scale_ladder.py --costs         # GMACs, params, memory, ORT latency per rung (run alone)
+    python benchmarks/scale_ladder.py --epochs 8 --rungs 32x64   # a shorter recipe at one rung, beside the 10-epoch one
     python benchmarks/scale_ladder_report.py          # tau, verdicts, axis effects -> results/bench/
 
 Each finished training is appended to results/bench/scale_ladder.csv at once, so a killed run
@@ -132,14 +133,16 @@ def train(job: dict) -> dict:
     h, w = job["height"], job["width"]
     data = load_data(None, h, w, seed=0)
     spec = ArchSpec.from_dict(job["spec"]).with_input(height=h, width=w)
-    result = fit(spec, data, TrialSettings(precision=job["precision"]).train_config(EPOCHS, job["seed"]))
+    epochs = job.get("epochs", EPOCHS)
+    result = fit(spec, data, TrialSettings(precision=job["precision"]).train_config(epochs, job["seed"]))
     return {"net": job["net"], "group": job["group"], "rung": f"{h}x{w}", "height": h, "width": w,
-            "seed": job["seed"], "epochs": EPOCHS, "precision": result.precision, "miou": result.miou,
+            "seed": job["seed"], "epochs": epochs, "precision": result.precision, "miou": result.miou,
             "miou_by_epoch": "/".join(f"{r.miou:.4f}" for r in result.history),
             "train_seconds": round(result.train_seconds, 1), "eval_seconds": round(result.eval_seconds, 1)}
 
 
-def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int, str]], precision: str) -> list[dict]:
+def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int, str, int]], precision: str,
+                  epochs: int = EPOCHS, rungs=TRAIN_RUNGS) -> list[dict]:
     """The (net, rung, seed) trainings not in the log, in the order that gives answers soonest: the
     32x64 rung, then every net at the reference rung with one seed, then its second seed, then the
     rungs between; most GMACs first within each (the two workers finish together)."""
@@ -149,18 +152,21 @@ def training_jobs(nets: list[LadderNet], done: set[tuple[str, str, int, str]], p
     macs = {n.name: count_gmacs(build_model(at_size(n, 32, 64)), at_size(n, 32, 64)) for n in nets}
     between = [r for r in TRAIN_RUNGS[1:] if r != REFERENCE]
     order = [(TRAIN_RUNGS[0], SEEDS)] + [(REFERENCE, (s,)) for s in SEEDS] + [(r, SEEDS) for r in between]
+    order = [(r, seeds) for r, seeds in order if r in rungs]
     jobs = []
     for (h, w), seeds in order:
         for net in sorted(nets, key=lambda n: -macs[n.name]):
             jobs += [{"net": net.name, "group": net.group, "spec": net.spec, "height": h, "width": w, "seed": s,
-                      "precision": precision} for s in seeds if (net.name, f"{h}x{w}", s, precision) not in done]
+                      "precision": precision, "epochs": epochs}
+                     for s in seeds if (net.name, f"{h}x{w}", s, precision, epochs) not in done]
     return jobs
 
 
-def done_trainings() -> set[tuple[str, str, int, str]]:
-    """(net, rung, seed, precision) of every training in the log."""
-    done = pd.read_csv(LOG) if LOG.exists() else pd.DataFrame(columns=["net", "rung", "seed", "precision"])
-    return set(zip(done["net"], done["rung"], done["seed"], done["precision"]))
+def done_trainings() -> set[tuple[str, str, int, str, int]]:
+    """(net, rung, seed, precision, epochs) of every training in the log."""
+    cols = ["net", "rung", "seed", "precision", "epochs"]
+    done = pd.read_csv(LOG) if LOG.exists() else pd.DataFrame(columns=cols)
+    return set(zip(*(done[c] for c in cols)))
 
 
 def measure_rung_costs(nets: list[LadderNet]) -> pd.DataFrame:
@@ -183,6 +189,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--costs", action="store_true", help="measure the costs at every rung (no training)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="the recipe's epochs (the ladder's own: 10)")
+    p.add_argument("--rungs", default=",".join(f"{h}x{w}" for h, w in TRAIN_RUNGS), help="comma list of rungs to train")
     p.add_argument("--list", action="store_true", help="print the nets and stop")
     args = p.parse_args()
     warnings.simplefilter("ignore")
@@ -197,8 +205,9 @@ def main() -> None:
         print(f"wrote {COSTS}  ({machine()})")
         return
     precision = resolve_precision("auto", "cpu")
-    jobs = training_jobs(nets, done_trainings(), precision)
-    print(f"{len(nets)} nets x {len(TRAIN_RUNGS)} rungs x {len(SEEDS)} seeds, {EPOCHS} epochs, {precision}: "
+    rungs = [r for r in TRAIN_RUNGS if f"{r[0]}x{r[1]}" in args.rungs.split(",")]
+    jobs = training_jobs(nets, done_trainings(), precision, args.epochs, rungs)
+    print(f"{len(nets)} nets x {len(rungs)} rungs x {len(SEEDS)} seeds, {args.epochs} epochs, {precision}: "
           f"{len(jobs)} trainings to run  [{machine()}]", flush=True)
     run_logged(train, jobs, LOG, args.workers,
                show=lambda r: f"{r['rung']} {r['net']} seed {r['seed']}: mIoU {r['miou']:.3f} ({r['train_seconds']} s)")

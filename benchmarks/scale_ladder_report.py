@@ -6,7 +6,9 @@
   mIoU at <= the preset's GMACs and latency, at that rung's size, against the noise margin);
 - each seed axis's effect (the base net's one-axis variants) at each rung;
 - whether the trainings had flattened (the mIoU gained over the last two epochs);
-- how well the latency ranking at each size agrees with 512x1024's.
+- how well the latency ranking at each size agrees with 512x1024's;
+- shorter recipes at a rung (`scale_ladder.py --epochs N`): their tau and verdicts against the
+  10-epoch 128x256, as a protocol that validates for fewer epochs would get them.
 
     python benchmarks/scale_ladder_report.py   # -> results/bench/scale_ladder_*.csv, nas/ladder_agreement.csv
 
@@ -25,7 +27,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save  # noqa: E402
-from benchmarks.scale_ladder import AXIS_BASE, COSTS, LOG, REFERENCE, ladder_nets  # noqa: E402
+from benchmarks.scale_ladder import AXIS_BASE, COSTS, EPOCHS, LOG, REFERENCE, ladder_nets  # noqa: E402
 from nas.validate import DEFAULT_NOISE, preset_dominance  # noqa: E402
 from trainers.train import resolve_precision  # noqa: E402
 
@@ -113,6 +115,8 @@ def main() -> None:
     runs = pd.read_csv(LOG)
     precision = resolve_precision("auto", "cpu")  # the ladder's own trainings (cpu_precision.py adds fp32 ones)
     runs = runs[runs["precision"] == precision]
+    shorter = runs[runs["epochs"] != EPOCHS]
+    runs = runs[runs["epochs"] == EPOCHS]  # the ladder's own recipe; shorter ones are judged against it below
     means = rung_means(runs)
     print(f"{len(runs)} trainings in {precision}: " + ", ".join(f"{r} {n}" for r, n in runs.groupby("rung").size().items()))
     agree = rank_agreement(means, groups)
@@ -133,10 +137,36 @@ def main() -> None:
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     ours = agree[agree["scope"] == "validated stage"].assign(
-        verdicts_same=lambda t: t["rung"].map(same), seeds=lambda t: t["rung"].map(means.groupby("rung")["seeds"].min()),
-        commit=commit)
+        epochs=EPOCHS, verdicts_same=lambda t: t["rung"].map(same),
+        seeds=lambda t: t["rung"].map(means.groupby("rung")["seeds"].min()), commit=commit)
+    recipes = shorter_recipes(shorter, means, costs if COSTS.exists() else None, groups)
+    if not recipes.empty:
+        save(recipes, "scale_ladder_epochs")
+        ours = pd.concat([ours, recipes.assign(commit=commit)[ours.columns]], ignore_index=True)
     ours.rename(columns={"tau_vs_" + REF: "tau"}).to_csv(AGREEMENT, index=False)
     print(f"wrote {AGREEMENT}")
+
+
+def shorter_recipes(shorter: pd.DataFrame, means: pd.DataFrame, costs: pd.DataFrame | None,
+                    groups: dict[str, str]) -> pd.DataFrame:
+    """Each (rung, epochs) trained shorter than the ladder's recipe: tau of its validated-stage
+    ranking against the 10-epoch 128x256, and how many preset verdicts match 128x256's."""
+    rows = []
+    reference = means[means["rung"] == REF]
+    for (rung, epochs), runs in shorter.groupby(["rung", "epochs"]):
+        mine = rung_means(runs).assign(rung=f"{rung}@{epochs}")  # a rung label of its own beside the reference
+        agree = rank_agreement(pd.concat([mine, reference]), groups)
+        agree = agree[(agree["scope"] == "validated stage") & (agree["rung"] == f"{rung}@{epochs}")]
+        if agree.empty:
+            continue
+        same = None
+        if costs is not None:
+            at = costs[costs["rung"].isin([rung, REF])].assign(rung=lambda t: t["rung"].replace(rung, f"{rung}@{epochs}"))
+            found = verdicts(pd.concat([mine, reference]), at, groups).pivot(index="preset", columns="rung", values="verdict")
+            same = int((found[f"{rung}@{epochs}"] == found[REF]).sum())
+        rows.append({**agree.iloc[0].to_dict(), "rung": rung, "epochs": int(epochs), "verdicts_same": same,
+                     "seeds": int(mine["seeds"].min())})
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
