@@ -52,7 +52,7 @@ class TrialMeaning:
     validate: bool = True
     val_height: int = 32
     val_width: int = 64
-    val_epochs: int = 10
+    val_epochs: int = PROTOCOLS[DEFAULT_PROTOCOL].val_epochs
     val_seeds: int = 2
     baseline: Baseline | None = None
 
@@ -226,7 +226,7 @@ class SearchConfig:
         d.update(fields)
         d["objectives"] = [o.name for o in self.objectives]
         d["deploy_size"] = self.deploy_label
-        agreement = ladder_agreement(self.meaning.val_height, self.meaning.val_width)
+        agreement = ladder_agreement(self.meaning.val_height, self.meaning.val_width, self.meaning.val_epochs)
         d["protocol_agreement"] = agreement.sentence() if agreement else "not measured by the resolution ladder"
         if not any(d["settings"]["faults"].values()):  # fault injection is for the tests: shown only when set
             del d["settings"]["faults"]
