@@ -297,7 +297,7 @@ def test_limits_cap_the_flags_a_command_gives_and_their_defaults():
     spec.loader.exec_module(hook)  # NAS_DOC_LIMITS is unset here: it installs nothing
     parser = search.build_parser()
     args = parser.parse_args(["--budget", "100", "--val-seeds", "3", "--deploy-size", "512x1024"])
-    assert hook._cap(parser, args, LIMITS) == ["--budget 100 -> 5", "--epochs 3 -> 1", "--val-epochs 10 -> 1",
+    assert hook._cap(parser, args, LIMITS) == ["--budget 100 -> 5", "--epochs 3 -> 1", "--val-epochs 6 -> 1",
                                                "--val-seeds 3 -> 2", "--val-max 12 -> 1", "--deploy-size 512x1024 -> 64x128"]
     # --size left to the protocol stays unset where the protocol's already fits the limit
     assert (args.budget, args.epochs, args.size, args.deploy_size, args.max_concurrent) == (5, 1, None, "64x128", None)
