@@ -38,7 +38,8 @@ class Seen:
 def kind_of(cmdline: str, comm: str) -> str:
     if "nas.search" in cmdline or "nas/search" in cmdline:
         return "driver (nas.search)"
-    if "default_worker.py" in cmdline or "setup_worker.py" in cmdline:
+    # a worker renames itself (ray::IDLE, ray::_Trainable...) once it runs something: seen late, that is its name
+    if "default_worker.py" in cmdline or "setup_worker.py" in cmdline or cmdline.startswith("ray::"):
         return "Ray workers (trials, trainings, costs)"
     if comm in ("raylet", "gcs_server") or "ray/" in cmdline:
         return "Ray's own services"

@@ -9,9 +9,10 @@ at 512x1024, then the second seeds. A training that would overrun the section's 
 started, and the ones still running at its end are stopped: the rows say what finished.
 
 Each rung's figures are those of the ladder's report (benchmarks/scale_ladder_report.py): Kendall's
-tau of mIoU against the CPU ladder's 128x256 (results/bench/scale_ladder.csv) and against 32x64
-(`make search`'s protocol), and each preset's verdict at the rung's costs
-(results/bench/scale_ladder_costs.csv), over the nets that finished.
+tau of mIoU against the CPU ladder's 128x256 and 32x64, both with the ladder's own 10-epoch recipe
+(results/bench/scale_ladder.csv), and each preset's verdict at the rung's costs
+(results/bench/scale_ladder_costs.csv), over the nets that finished. A planned rung where no training
+finished is an error row, so a check too short to reach 512x1024 says so.
 """
 from __future__ import annotations
 
@@ -88,11 +89,12 @@ def run_rungs(ck, jobs: list[dict], rungs, budget: float) -> tuple[list[dict], i
     pending = list(jobs)
     with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
         while pending or running:
-            while pending and len(running) < WORKERS:
-                if time.time() - start + _estimate(pending[0], rows, rungs) > budget:
+            while len(running) < WORKERS:  # the first job that still fits: a long 512x1024 one blocks no short one
+                fits = [j for j in pending if time.time() - start + _estimate(j, rows, rungs) <= budget]
+                if not fits:
                     break
-                job = pending.pop(0)
-                running[pool.apply_async(train_at_rung, (job,))] = job
+                pending.remove(fits[0])
+                running[pool.apply_async(train_at_rung, (fits[0],))] = fits[0]
             if not running:
                 break  # nothing fits in what is left
             time.sleep(0.5)
@@ -101,8 +103,9 @@ def run_rungs(ck, jobs: list[dict], rungs, budget: float) -> tuple[list[dict], i
                 try:
                     row = res.get()
                 except Exception as exc:  # an out-of-memory at 512x1024 is a row, not a lost section
+                    first = (str(exc).strip().splitlines() or [""])[0]  # CUDA's messages run to several lines
                     row = {k: job[k] for k in ("net", "group", "seed")} | {
-                        "rung": f"{job['height']}x{job['width']}", "error": f"{type(exc).__name__}: {exc}"}
+                        "rung": f"{job['height']}x{job['width']}", "error": f"{type(exc).__name__}: {first}"}
                 rows.append(row)
                 print(f"  {row['rung']} {row['net']} seed {row['seed']}: " +
                       (f"mIoU {row['miou']:.3f} in {row['wall_s']:.0f} s" if "miou" in row else row["error"]),
@@ -119,7 +122,9 @@ def rung_summary(rows: list[dict], nets: list[LadderNet]) -> list[dict]:
     if done.empty:
         return []
     cpu = pd.read_csv(LOG)
-    # the CPU ladder's own precision: the one its reference rung was trained in
+    # the CPU ladder's own recipe: its 10 epochs (shorter ones sit beside them at 32x64) in the precision
+    # its reference rung was trained in
+    cpu = cpu[cpu["epochs"] == EPOCHS]
     cpu = cpu[cpu["precision"] == cpu.loc[cpu["rung"] == REF, "precision"].mode().iloc[0]]
     cpu_means = rung_means(cpu).pivot(index="net", columns="rung", values="miou")
     means = rung_means(done)
@@ -133,7 +138,7 @@ def rung_summary(rows: list[dict], nets: list[LadderNet]) -> list[dict]:
             if len(both) >= 4:
                 tau, lo, hi = tau_with_interval(both["here"], both[other])
                 row.update({f"tau_vs_{other}": tau, f"tau_vs_{other}_ci": f"[{lo:.2f}, {hi:.2f}]"})
-        mine = found[found["rung"] == rung]
+        mine = found[found["rung"] == rung] if len(found) else found  # no preset finished: no verdicts
         row["verdicts"] = "; ".join(f"{v.preset} {v.verdict}" for v in mine.itertuples())
         out.append(row)
     return out
@@ -155,6 +160,10 @@ def ladder(ck, budget: float) -> Outcome:
               "epochs": 1 if dry else EPOCHS, "images": images}
     jobs = [j | common for j in rung_jobs(nets, rungs, SEEDS[:1] if dry else SEEDS)]
     rows, left = run_rungs(ck, jobs, rungs, budget - (time.time() - t))
+    for h, w in rungs:
+        if not any(r.get("rung") == f"{h}x{w}" and "miou" in r for r in rows):
+            rows.append({"rung": f"{h}x{w}", "error": f"no training finished at {h}x{w} within the section's "
+                                                      f"{budget:.0f} s"})
     ck.write("ladder", rows)
     summary = rung_summary(rows, nets)
     ck.write("ladder_summary", summary)

@@ -205,6 +205,10 @@ def main() -> None:
         print(f"wrote {COSTS}  ({machine()})")
         return
     precision = resolve_precision("auto", "cpu")
+    known = {f"{h}x{w}": (h, w) for h, w in TRAIN_RUNGS}
+    unknown = [r for r in args.rungs.split(",") if r not in known]
+    if unknown:
+        p.error(f"--rungs {','.join(unknown)}: not a rung of the ladder; one of {', '.join(known)}")
     rungs = [r for r in TRAIN_RUNGS if f"{r[0]}x{r[1]}" in args.rungs.split(",")]
     jobs = training_jobs(nets, done_trainings(), precision, args.epochs, rungs)
     print(f"{len(nets)} nets x {len(rungs)} rungs x {len(SEEDS)} seeds, {args.epochs} epochs, {precision}: "

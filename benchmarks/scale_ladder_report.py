@@ -113,7 +113,7 @@ def main() -> None:
     nets = ladder_nets()
     groups = {n.name: n.group for n in nets}
     runs = pd.read_csv(LOG)
-    precision = resolve_precision("auto", "cpu")  # the ladder's own trainings (cpu_precision.py adds fp32 ones)
+    precision = resolve_precision("auto", "cpu")  # the ladder's own trainings (cpu_precision.py adds bf16 ones)
     runs = runs[runs["precision"] == precision]
     shorter = runs[runs["epochs"] != EPOCHS]
     runs = runs[runs["epochs"] == EPOCHS]  # the ladder's own recipe; shorter ones are judged against it below

@@ -45,13 +45,13 @@ class TrialMeaning:
     objectives: tuple[Objective, ...]
     settings: TrialSettings
     data: str | None = None
-    height: int = 32
-    width: int = 64
+    height: int = PROTOCOLS[DEFAULT_PROTOCOL].size[0]
+    width: int = PROTOCOLS[DEFAULT_PROTOCOL].size[1]
     seed: int = 0
     early_stopping: bool = True
     validate: bool = True
-    val_height: int = 32
-    val_width: int = 64
+    val_height: int = PROTOCOLS[DEFAULT_PROTOCOL].val_size[0]
+    val_width: int = PROTOCOLS[DEFAULT_PROTOCOL].val_size[1]
     val_epochs: int = PROTOCOLS[DEFAULT_PROTOCOL].val_epochs
     val_seeds: int = 2
     baseline: Baseline | None = None

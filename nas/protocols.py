@@ -5,7 +5,8 @@ measured of each validation size's agreement with 128x256.
 `quick` is `make search`'s: verdicts in minutes on a laptop's CPU, at 32x64, validated for 6 epochs.
 On the ladder its validated ranking agreed with 128x256's at Kendall tau 0.72, with the same 4 preset
 verdicts: as closely as 10 epochs at 32x64 did (0.68; 8 epochs 0.70), the intervals overlapping
-widely, for 60 % of the 10-epoch stage's training. Its seed noise is larger (sd 0.011 against 0.008),
+widely, for 60 % of the 10-epoch stage's training (the shorter runs trained with the fused AdamW the
+10-epoch ones predate: float rounding). Its seed noise is larger (sd 0.011 against 0.008),
 which each run's noise margin carries. `faithful` searches and validates at 64x128 for 10 epochs, the
 cheapest size whose ranking agreed beyond the 0.7 bar with room (0.85; docs/benchmarks.md, "The
 resolution ladder"), at about 3x quick's time. A flag given beside a protocol (--size, --epochs,

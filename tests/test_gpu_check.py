@@ -225,6 +225,34 @@ def test_ladder_summary_agrees_perfectly_with_the_cpu_ladder_it_copies():
     assert {v.split()[0] for v in summary["verdicts"].split("; ")} == {"erfnet", "edanet", "esnet", "lednet"}
 
 
+def test_ladder_summary_compares_with_the_cpu_ladders_10_epoch_recipe_only(tmp_path, monkeypatch):
+    nets = ["erfnet", "edanet", "esnet", "lednet", "trial_0070"]
+    ten = dict(zip(nets, (0.1, 0.2, 0.3, 0.4, 0.5)))
+    log = pd.DataFrame([{"net": n, "rung": rung, "seed": seed, "precision": "fp32", "epochs": epochs,
+                         "miou": m if epochs == 10 else 1 - m}  # the shorter recipe ranks them backwards
+                        for n, m in ten.items() for seed in (1000, 1001)
+                        for rung, epochs in (("128x256", 10), ("32x64", 10), ("32x64", 6))])
+    monkeypatch.setattr(ladder, "LOG", tmp_path / "ladder.csv")
+    log.to_csv(ladder.LOG, index=False)
+    rows = [{"net": n, "rung": "64x128", "seed": 1000, "miou": m} for n, m in ten.items()]
+    (summary,) = ladder.rung_summary(rows, ladder.top_rung_nets())
+    assert summary["tau_vs_32x64"] == pytest.approx(1.0) and summary["tau_vs_128x256"] == pytest.approx(1.0)
+
+
+def test_ladder_marks_a_rung_where_nothing_finished(tmp_path, monkeypatch):
+    class Ck:  # the check as the section sees it: CPU, dry sizes, rows written to tmp_path
+        dry, cuda, device, cpus_per_trial = True, False, "cpu", 1.0
+
+        def write(self, name, result, quiet=False):
+            pd.DataFrame(result).to_csv(tmp_path / f"{name}.csv", index=False)
+
+    finished = {"net": "edanet", "group": "preset", "rung": "32x64", "seed": 1000, "miou": 0.3, "wall_s": 1.0}
+    monkeypatch.setattr(ladder, "run_rungs", lambda ck, jobs, rungs, budget: ([finished], len(jobs) - 1))
+    outcome = ladder.ladder(Ck(), 30.0)
+    assert [r["error"] for r in outcome.rows if "error" in r] == ["no training finished at 64x128 within the section's 30 s"]
+    assert report.section_status(outcome).startswith("degraded")
+
+
 def _run_shell(tmp_path, *args, env=None, timeout=600):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path), **(env or {})}
