@@ -276,3 +276,17 @@ def test_a_device_that_is_nonsense_is_refused_in_one_line(text):
     with pytest.raises(ValueError) as error:
         Device.parse(text)
     assert str(error.value) == f"--device {text}: expected cpu, cuda or cuda:N"
+
+
+def test_a_gpu_check_ladder_training_claims_its_quarter_and_trains_on_the_card(cuda_standin, data, monkeypatch, tmp_path):
+    from benchmarks import gpu_check_ladder as ladder
+
+    monkeypatch.setenv("LIGHTSEG_LOCK_DIR", str(tmp_path))
+    monkeypatch.setenv("LIGHTSEG_CACHE", str(tmp_path / "cache"))
+    net = next(n for n in ladder.top_rung_nets() if n.name == "edanet")
+    job = {"net": net.name, "group": net.group, "spec": net.spec, "height": 32, "width": 64, "seed": 1000,
+           "device": "cuda:0", "share": 0.25, "threads": 1, "epochs": 1, "images": {"n_train": 16, "n_val": 4}}
+    row = ladder.train_at_rung(job)  # in this process: the pool only carries it to a spawned one
+    assert torch.cuda.get_per_process_memory_fraction(0) == 0.25
+    assert row["device"] == "cuda:0" and row["precision"] == "bf16" and 0 <= row["miou"] <= 1
+    assert row["peak_train_mem_mb"] > 0  # booked on the card, not on the host
