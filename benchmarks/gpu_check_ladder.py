@@ -90,11 +90,11 @@ def run_rungs(ck, jobs: list[dict], rungs, budget: float) -> tuple[list[dict], i
     with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
         while pending or running:
             while len(running) < WORKERS:  # the first job that still fits: a long 512x1024 one blocks no short one
-                fits = [j for j in pending if time.time() - start + _estimate(j, rows, rungs) <= budget]
-                if not fits:
+                job = next((j for j in pending if time.time() - start + _estimate(j, rows, rungs) <= budget), None)
+                if job is None:
                     break
-                pending.remove(fits[0])
-                running[pool.apply_async(train_at_rung, (fits[0],))] = fits[0]
+                pending.remove(job)
+                running[pool.apply_async(train_at_rung, (job,))] = job
             if not running:
                 break  # nothing fits in what is left
             time.sleep(0.5)
